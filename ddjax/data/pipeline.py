@@ -1,0 +1,34 @@
+"""A config's ``data`` section turned into arrays: what every stage starts from.
+
+The section has ``name``, ``archive`` and ``data_dir``; empty strings mean the defaults
+(``$DDJAX_ARCHIVE_DIR`` or ../shared/data for archives, ``$DDJAX_DATA_DIR`` or the cache dir).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ddjax.data.registry import DatasetSpec
+from ddjax.data.sources import load_arrays, spec_for
+from ddjax.data.transforms import normalize
+
+
+def _locations(data_config) -> dict:
+    return {"archive": data_config.archive or None, "data_dir": data_config.data_dir or None}
+
+
+def dataset_spec(data_config) -> DatasetSpec:
+    """The spec of the configured dataset (its classes, size, normalisation)."""
+    return spec_for(data_config.name, **_locations(data_config))
+
+
+def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 NHWC, labels int32)`` of a split, in the dataset's stored order."""
+    return load_arrays(data_config.name, split, **_locations(data_config))
+
+
+def load_normalized(data_config, split: str) -> tuple[np.ndarray, np.ndarray, DatasetSpec]:
+    """``(images float32 NHWC normalised with the dataset's constants, labels, spec)``."""
+    spec = dataset_spec(data_config)
+    images, labels = load_split(data_config, split)
+    return np.asarray(normalize(images, spec.mean, spec.std), np.float32), labels, spec

@@ -1,0 +1,114 @@
+"""Shared fixtures: the real CIFAR-10 archive (prepared once per session) and tiny synthetic
+image-folder archives written on the fly."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cifar10_archive() -> Path:
+    """The CIFAR-10 JPEG archive: `$DDJAX_CIFAR10_ARCHIVE` or `<repo>/../shared/data`.
+
+    Missing: a failure when `$CI` is set (CI must exercise real data), a skip otherwise.
+    """
+    default = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    path = Path(os.environ.get("DDJAX_CIFAR10_ARCHIVE", default))
+    if not path.exists():
+        message = f"CIFAR-10 archive not found at {path}; set DDJAX_CIFAR10_ARCHIVE"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_data_dir(cifar10_archive, tmp_path_factory) -> Path:
+    """A data dir holding CIFAR-10 prepared from the archive, shared by the whole session."""
+    from ddjax.data import get_spec, prepare_archive
+
+    data_dir = tmp_path_factory.mktemp("cifar10_tfds")
+    prepare_archive(
+        "cifar10", cifar10_archive, class_names=get_spec("cifar10").class_names, data_dir=data_dir
+    )
+    return data_dir
+
+
+@dataclasses.dataclass
+class SyntheticArchive:
+    """A small image-folder archive written by `make_archive`.
+
+    `images[split]` and `labels[split]` hold what was written, in the order a correct reader
+    must return it (classes in sorted order, files by name); `root` is the archive folder to
+    hand to ddjax and `folder` the one holding `train/` and `test/` (`root/<name>` when wrapped).
+    """
+
+    root: Path
+    folder: Path
+    class_names: tuple[str, ...]
+    images: dict[str, list[np.ndarray]]
+    labels: dict[str, list[int]]
+
+    def tar_gz(self, path: Path, *, reverse: bool = False) -> Path:
+        """Pack `root` into a .tar.gz at `path`; `reverse` stores the files in reverse order."""
+        files = sorted(p for p in self.root.rglob("*") if p.is_file())
+        if reverse:
+            files.reverse()
+        with tarfile.open(path, "w:gz") as tar:
+            for file in files:
+                tar.add(file, arcname=file.relative_to(self.root).as_posix())
+        return path
+
+
+@pytest.fixture
+def make_archive(tmp_path):
+    """Factory writing a synthetic image-folder archive under tmp_path.
+
+    make_archive(name="toy", classes=("cat", "dog", "emu"), counts={"train": 3, "test": 2},
+                 sizes=[(H, W), ...] cycled over images, fmt="PNG", wrapper=True, seed=0)
+    """
+
+    def make(
+        name: str = "toy",
+        classes: tuple[str, ...] = ("dog", "cat", "emu"),
+        counts: dict[str, int] | None = None,
+        sizes: list[tuple[int, int]] | None = None,
+        fmt: str = "PNG",
+        wrapper: bool = True,
+        seed: int = 0,
+    ) -> SyntheticArchive:
+        counts = counts or {"train": 3, "test": 2}
+        sizes = sizes or [(6, 5)]
+        rng = np.random.default_rng(seed)
+        root = tmp_path / name
+        folder = root / name if wrapper else root
+        suffix = ".png" if fmt == "PNG" else ".jpg"
+        images: dict[str, list[np.ndarray]] = {}
+        labels: dict[str, list[int]] = {}
+        k = 0
+        for split, count in counts.items():
+            images[split], labels[split] = [], []
+            for label, cls in enumerate(sorted(classes)):
+                (folder / split / cls).mkdir(parents=True)
+                for i in range(count):
+                    height, width = sizes[k % len(sizes)]
+                    k += 1
+                    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+                    file = folder / split / cls / f"{i:03d}{suffix}"
+                    Image.fromarray(pixels).save(file, format=fmt)
+                    if fmt != "PNG":  # lossy: what a correct decoder returns
+                        pixels = np.asarray(Image.open(file).convert("RGB"))
+                    images[split].append(pixels)
+                    labels[split].append(label)
+        return SyntheticArchive(root, folder, tuple(sorted(classes)), images, labels)
+
+    return make
