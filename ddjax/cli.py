@@ -1,0 +1,86 @@
+"""The ``ddjax`` command: the one place that parses arguments and turns errors into one line.
+
+Subcommands import their implementation lazily, so ``ddjax --help`` and ``ddjax data info``
+start quickly. Every stage command takes ``--config FILE`` (an ``experiments/*.py`` file),
+``--workdir DIR`` (where its artifacts, checkpoints, resolved config and metrics go; rerunning
+with the same workdir resumes) and any number of ``--set path.to.field=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ddjax.errors import DdjaxError
+
+
+def _add_data_location_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--archive", default=None,
+                        help="image-folder archive (.tar/.tar.gz or folder) or a folder of archives; "
+                             "default: $DDJAX_ARCHIVE_DIR, else ../shared/data beside the repo")
+    parser.add_argument("--data-dir", default=None,
+                        help="where prepared TFDS datasets live; default: $DDJAX_DATA_DIR, "
+                             "else ~/.cache/ddjax/tfds")
+
+
+def _data_info(args: argparse.Namespace) -> None:
+    from ddjax.data import dataset_info
+
+    print(json.dumps(dataset_info(args.name, archive=args.archive, data_dir=args.data_dir)))
+
+
+def _data_grid(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from ddjax.data import load_arrays
+    from ddjax.viz import save_image_grid
+
+    images, labels = load_arrays(args.name, args.split, archive=args.archive, data_dir=args.data_dir)
+    rng = np.random.default_rng(args.seed)
+    rows = [rng.permutation(np.flatnonzero(labels == c))[: args.per_class]
+            for c in range(int(labels.max()) + 1)]
+    picks = np.concatenate(rows)
+    path = save_image_grid(images[picks], args.out, columns=args.per_class, scale=args.scale)
+    print(json.dumps({"grid": str(path), "images": int(len(picks))}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddjax", description="Dataset distillation for self-supervised learning (MKDT, LGM).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="inspect and prepare datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    info = data_commands.add_parser(
+        "info", help="print one JSON object: splits with counts, classes, image shape "
+                     "(prepares a local archive on first use)")
+    info.add_argument("name", help="dataset name, e.g. cifar10")
+    _add_data_location_flags(info)
+    info.set_defaults(handler=_data_info)
+
+    grid = data_commands.add_parser("grid", help="write a PNG grid of a few images per class")
+    grid.add_argument("name")
+    grid.add_argument("--out", required=True, help="PNG file to write")
+    grid.add_argument("--split", default="train")
+    grid.add_argument("--per-class", type=int, default=8)
+    grid.add_argument("--scale", type=int, default=2, help="enlarge tiles this many times")
+    grid.add_argument("--seed", type=int, default=0)
+    _add_data_location_flags(grid)
+    grid.set_defaults(handler=_data_grid)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except DdjaxError as err:
+        print(f"ddjax: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Config files, command-line overrides and the resolved-config record that guards resumes."""
+
+import json
+
+import pytest
+
+from ddjax.config import load_config, record_config
+from ddjax.errors import DdjaxError
+
+CONFIG_SOURCE = """
+import ml_collections
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.data = ml_collections.ConfigDict({"name": "cifar10", "fraction": 0.5, "shape": (32, 32)})
+    return config
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "exp.py"
+    path.write_text(CONFIG_SOURCE)
+    return path
+
+
+def test_overrides_are_parsed_and_typed(config_file):
+    config = load_config(config_file, ["seed=3", "data.name=cifar100", "data.fraction=1", "data.shape=(64, 64)"])
+    assert config.seed == 3
+    assert config.data.name == "cifar100"
+    assert config.data.fraction == 1.0 and isinstance(config.data.fraction, float)
+    assert tuple(config.data.shape) == (64, 64)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("data.nme=x", "no field 'nme'"),
+    ("dta.name=x", "no section 'dta'"),
+    ("seed", "not of the form"),
+    ("seed=abc", "seed"),
+])
+def test_bad_overrides_name_the_problem(config_file, override, words):
+    with pytest.raises(DdjaxError, match=words):
+        load_config(config_file, [override])
+
+
+def test_missing_or_broken_config_file(tmp_path):
+    with pytest.raises(DdjaxError, match="does not exist"):
+        load_config(tmp_path / "nope.py")
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(:\n")
+    with pytest.raises(DdjaxError, match="failed to load"):
+        load_config(broken)
+
+
+def test_record_config_writes_once_and_rejects_changed_reruns(config_file, tmp_path):
+    run_dir = tmp_path / "run"
+    config = load_config(config_file)
+    record_config(run_dir, config)
+    assert json.loads((run_dir / "config.json").read_text())["data"]["name"] == "cifar10"
+    record_config(run_dir, load_config(config_file))  # same settings: a resume, accepted
+    with pytest.raises(DdjaxError, match="data.fraction"):
+        record_config(run_dir, load_config(config_file, ["data.fraction=0.25"]))
+    assert json.loads((run_dir / "config.json").read_text())["data"]["fraction"] == 0.5
