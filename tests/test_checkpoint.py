@@ -87,3 +87,14 @@ def test_pytree_artifact_round_trip_and_no_overwrite(tmp_path):
     np.testing.assert_array_equal(load_pytree(path, tree)["reps"], tree["reps"])
     with pytest.raises(DdjaxError, match="does not exist"):
         load_pytree(tmp_path / "missing")
+
+
+def test_meta_alone_can_be_read_before_choosing_a_template(tmp_path):
+    with RunCheckpointer(tmp_path / "ckpt") as checkpointer:
+        assert checkpointer.restore_meta() is None
+        checkpointer.save(1, {"w": jnp.zeros((2, 3))}, {"group": [0, 1]})
+        checkpointer.save(2, {"w": jnp.ones((1, 3))}, {"group": [2]})
+        assert checkpointer.restore_meta() == {"group": [2]}
+        assert checkpointer.restore_meta(1) == {"group": [0, 1]}
+        restored, _ = checkpointer.restore({"w": jnp.zeros((1, 3))})
+    np.testing.assert_array_equal(restored["w"], np.ones((1, 3)))
