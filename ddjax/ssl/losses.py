@@ -1,0 +1,100 @@
+"""SSL objectives on projector outputs: Barlow Twins and SimCLR's NT-Xent.
+
+Both take the two views' projections ``z1_BD``, ``z2_BD`` (row *b* of each is the same source
+image) and return a scalar to minimise. They are pure ``jnp`` functions, so they jit, vmap and
+differentiate like any other.
+
+Where the defaults come from:
+
+- ``barlow_twins_loss``: the Barlow Twins paper (Zbontar et al., 2021) and its official code
+  standardise each projector dimension over the batch with a ``BatchNorm1d(affine=False)`` in
+  training mode (biased variance, eps 1e-5) and use lambda = 5.1e-3 (0.0051). solo-learn's CIFAR
+  Barlow Twins recipe keeps lambda = 0.0051 and multiplies the whole loss by ``scale_loss = 0.1``
+  (its ``scripts/pretrain/cifar/barlow.yaml``); ``scale`` reproduces that multiplier.
+- ``nt_xent_loss``: SimCLR's normalised-temperature cross entropy. SAS (Joshi & Mirzasoleiman,
+  the SimCLR teacher of MKDT) uses temperature 0.5 by default, cosine similarity between
+  projections, the same-image view as the single positive and the other 2B-2 projections as
+  negatives, averaged over all 2B anchors.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.nn import logsumexp
+
+BARLOW_TWINS_LAMBDA = 0.0051
+"""Off-diagonal weight of the Barlow Twins paper / official code (also solo-learn's default)."""
+
+SIMCLR_TEMPERATURE = 0.5
+"""NT-Xent temperature of SAS's SimCLR (``--temperature`` default) and SimCLR's CIFAR runs."""
+
+
+def standardize_over_batch(z_BD: jnp.ndarray, eps: float = 1e-5) -> jnp.ndarray:
+    """Per-dimension (x - mean) / sqrt(var + eps) over the batch, biased variance.
+
+    This is what ``BatchNorm1d(affine=False)`` computes in training mode; the Barlow Twins
+    cross-correlation is built from it.
+    """
+    mean_D = jnp.mean(z_BD, axis=0)
+    centred_BD = z_BD - mean_D
+    var_D = jnp.mean(jnp.square(centred_BD), axis=0)
+    return centred_BD / jnp.sqrt(var_D + eps)
+
+
+def cross_correlation(z1_BD: jnp.ndarray, z2_BD: jnp.ndarray, eps: float = 1e-5) -> jnp.ndarray:
+    """The (D, D) Barlow Twins matrix: standardised z1 transposed times standardised z2, over B."""
+    batch = z1_BD.shape[0]
+    a_BD = standardize_over_batch(z1_BD.astype(jnp.float32), eps)
+    b_BD = standardize_over_batch(z2_BD.astype(jnp.float32), eps)
+    # Full float32 matmul precision: TF32 on GPUs would perturb the D x D correlations.
+    hi = jax.lax.Precision.HIGHEST
+    return jnp.einsum("bi,bj->ij", a_BD, b_BD, precision=hi) / batch
+
+
+def barlow_twins_loss(
+    z1_BD: jnp.ndarray,
+    z2_BD: jnp.ndarray,
+    lambd: float = BARLOW_TWINS_LAMBDA,
+    *,
+    scale: float = 1.0,
+    eps: float = 1e-5,
+) -> jnp.ndarray:
+    """Barlow Twins redundancy-reduction loss.
+
+    ``scale * (sum_i (1 - c_ii)^2 + lambd * sum_{i != j} c_ij^2)`` where ``c`` is
+    :func:`cross_correlation`. The invariance term pulls the diagonal to 1 (the two views agree
+    dimension by dimension); the redundancy term pushes the off-diagonal to 0 (dimensions carry
+    different information).
+    """
+    c_DD = cross_correlation(z1_BD, z2_BD, eps)
+    diag_D = jnp.diagonal(c_DD)
+    on_diag = jnp.sum(jnp.square(1.0 - diag_D))
+    off_diag = jnp.sum(jnp.square(c_DD)) - jnp.sum(jnp.square(diag_D))
+    return scale * (on_diag + lambd * off_diag)
+
+
+def nt_xent_loss(
+    z1_BD: jnp.ndarray,
+    z2_BD: jnp.ndarray,
+    temperature: float = SIMCLR_TEMPERATURE,
+    *,
+    eps: float = 1e-12,
+) -> jnp.ndarray:
+    """SimCLR's NT-Xent (InfoNCE over the 2B projections of a batch of B image pairs).
+
+    For anchor ``a`` among the 2B L2-normalised projections, with ``p`` the other view of the
+    same image: ``-log( exp(s_ap / T) / sum_{k != a} exp(s_ak / T) )`` with ``s`` the cosine
+    similarity. The mean over all 2B anchors is returned.
+    """
+    batch = z1_BD.shape[0]
+    z_ND = jnp.concatenate([z1_BD, z2_BD], axis=0).astype(jnp.float32)
+    norms_N1 = jnp.sqrt(jnp.sum(jnp.square(z_ND), axis=1, keepdims=True))
+    u_ND = z_ND / jnp.maximum(norms_N1, eps)
+    logits_NN = jnp.matmul(u_ND, u_ND.T, precision=jax.lax.Precision.HIGHEST) / temperature
+    n = 2 * batch
+    self_mask_NN = jnp.eye(n, dtype=bool)
+    logits_NN = jnp.where(self_mask_NN, -jnp.inf, logits_NN)
+    partner_N = jnp.concatenate([jnp.arange(batch, n), jnp.arange(0, batch)])
+    positive_N = logits_NN[jnp.arange(n), partner_N]
+    return jnp.mean(logsumexp(logits_NN, axis=1) - positive_N)
