@@ -9,6 +9,7 @@ with the same workdir resumes) and any number of ``--set path.to.field=value`` o
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -45,6 +46,52 @@ def _data_grid(args: argparse.Namespace) -> None:
     print(json.dumps({"grid": str(path), "images": int(len(picks))}))
 
 
+# (command words, "module:function", help). The module also defines SECTIONS, the config
+# sections the stage depends on; the stage's directory is <workdir>/<first command word>.
+STAGE_COMMANDS = (
+    (("teacher",), "ddjax.ssl.teacher_stage:run",
+     "train an SSL teacher (Barlow Twins / SimCLR) or import a PyTorch one; writes the teacher artifact"),
+    (("represent",), "ddjax.ssl.represent_stage:run",
+     "the teacher's representations of the whole train split (MKDT's regression targets)"),
+    (("experts",), "ddjax.experts.stage:run",
+     "train student experts on the real data and store their parameter trajectories"),
+    (("select", "high-loss"), "ddjax.experts.select:run_high_loss",
+     "the real images the experts fit worst after epoch 1 (MKDT's initial synthetic set)"),
+    (("select", "random"), "ddjax.experts.select:run_random",
+     "a seeded random subset of the same size (the baseline)"),
+)
+
+
+def _run_stage(args: argparse.Namespace) -> None:
+    from ddjax.config import load_config
+    from ddjax.stage import open_stage
+
+    module_name, function = args.stage_target.split(":")
+    module = importlib.import_module(module_name)
+    config = load_config(args.config, args.set)
+    stage = open_stage(args.stage_name, config, args.workdir, module.SECTIONS)
+    getattr(module, function)(stage)
+
+
+def _add_stage_commands(commands) -> None:
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for words, target, help_text in STAGE_COMMANDS:
+        parent = commands
+        if len(words) == 2:
+            if words[0] not in groups:
+                group = commands.add_parser(words[0], help=f"{words[0]} stages")
+                groups[words[0]] = group.add_subparsers(dest=f"{words[0]}_command", required=True,
+                                                        metavar="ACTION")
+            parent = groups[words[0]]
+        stage = parent.add_parser(words[-1], help=help_text, description=help_text)
+        stage.add_argument("--config", required=True, help="experiment config, e.g. experiments/smoke.py")
+        stage.add_argument("--workdir", required=True,
+                           help="pipeline directory; this stage writes <workdir>/" + words[0])
+        stage.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                           help="override a config field, e.g. --set experts.num_experts=4 (repeatable)")
+        stage.set_defaults(handler=_run_stage, stage_target=target, stage_name=words[0])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddjax", description="Dataset distillation for self-supervised learning (MKDT, LGM).")
@@ -69,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--seed", type=int, default=0)
     _add_data_location_flags(grid)
     grid.set_defaults(handler=_data_grid)
+
+    _add_stage_commands(commands)
     return parser
 
 

@@ -2,6 +2,9 @@
 on 2 CPU cores with the CIFAR-10 archive. Tests and quick checks use it.
 
     ddjax data info cifar10
+    ddjax teacher --config experiments/smoke.py --workdir runs/smoke
+    ddjax represent --config experiments/smoke.py --workdir runs/smoke
+    ddjax experts --config experiments/smoke.py --workdir runs/smoke
 """
 
 import ml_collections
@@ -14,11 +17,61 @@ def get_config() -> ml_collections.ConfigDict:
         "name": "cifar10",
         "archive": "",    # empty: $DDJAX_ARCHIVE_DIR, else ../shared/data beside the repo
         "data_dir": "",   # empty: $DDJAX_DATA_DIR, else ~/.cache/ddjax/tfds
+        "train_subset": 2000,  # 0: the whole train split; n: a fixed random n of it (small runs)
     })
+    # The SSL teacher (`ddjax teacher`): a recipe of ddjax.ssl.recipes by method; None keeps the
+    # recipe's value. Set import_path to use a PyTorch state dict instead of training.
+    config.teacher = ml_collections.ConfigDict({
+        "method": "barlow_twins",       # 'barlow_twins' (KRR-ST / solo-learn) or 'simclr' (SAS)
+        "model": "convnet_bn",          # 'resnet18_teacher' for the paper; any ddjax model name
+        "model_kwargs": {"width": 16},
+        "conv_impl": "auto",
+        "init": "",                     # empty: the model's default init scheme
+        "train_subset": 0,              # train on a seeded subset of the (data) train split; 0 = all
+        "epochs": 1,
+        "batch_size": 256,
+        "optimizer": None,              # None: the recipe's (LARS for Barlow Twins)
+        "lr": None,
+        "weight_decay": None,
+        "warmup_epochs": 0,
+        "projector_hidden_dims": (256, 256),
+        "projector_output_dim": 256,
+        "checkpoint_every_steps": 0,    # 0: checkpoint at the end of every epoch only
+        "knn_every": 1,                 # k-NN monitor every this many epochs (and at the end); 0: end only
+        "knn_k": 200,
+        "knn_temperature": 0.1,
+        "knn_bank": 1000,               # train features in the k-NN bank (seeded subset); 0 = all
+        "knn_test": 1000,               # test images scored (seeded subset); 0 = all
+        "import_path": "",              # .npz / .safetensors / .pt state dict (PyTorch layout)
+        "import_prefix": "",            # stripped from names, e.g. 'module.' or 'backbone.'
+        "import_ignore": (),            # name prefixes to drop, e.g. ('fc.', 'projector.')
+    })
+    # Teacher representations of the train split (`ddjax represent`).
+    config.represent = ml_collections.ConfigDict({
+        "teacher": "",                  # empty: <workdir>/teacher
+        "batch_size": 500,
+    })
+    # The student network (experts, distillation, evaluation pre-training).
     config.model = ml_collections.ConfigDict({
         "name": "convnet",
         "width": 16,
         "conv_impl": "auto",
         "init": "torch",
+    })
+    config.experts = ml_collections.ConfigDict({
+        "loss": "mse",              # 'mse': KD to teacher representations (MKDT); 'ce': labels (MTT)
+        "representations": "",      # empty: <workdir>/represent/representations
+        "num_experts": 2,
+        "epochs": 2,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "batch_size": 256,
+        "experts_per_program": 2,   # experts trained together in one vmapped program
+        "keep_epochs": -1,          # -1: keep every epoch; k: keep epochs 0..k only
+    })
+    config.select = ml_collections.ConfigDict({
+        "percents": (2, 5),         # subset sizes, % of the train split; smaller ones nest
+        "epoch": 1,                 # the experts' checkpoint that scores examples (MKDT: 1)
     })
     return config

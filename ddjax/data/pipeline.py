@@ -2,6 +2,8 @@
 
 The section has ``name``, ``archive`` and ``data_dir``; empty strings mean the defaults
 (``$DDJAX_ARCHIVE_DIR`` or ../shared/data for archives, ``$DDJAX_DATA_DIR`` or the cache dir).
+An optional ``train_subset`` > 0 keeps that many train examples (a seeded random subset in
+dataset order, the same for every stage) for small runs; 0 keeps the whole split.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import numpy as np
 
 from ddjax.data.registry import DatasetSpec
 from ddjax.data.sources import load_arrays, spec_for
+from ddjax.data.subsets import random_subset
 from ddjax.data.transforms import normalize
 
 
@@ -24,7 +27,12 @@ def dataset_spec(data_config) -> DatasetSpec:
 
 def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
     """``(images uint8 NHWC, labels int32)`` of a split, in the dataset's stored order."""
-    return load_arrays(data_config.name, split, **_locations(data_config))
+    images, labels = load_arrays(data_config.name, split, **_locations(data_config))
+    keep = data_config.get("train_subset", 0) if split == "train" else 0
+    if keep:
+        chosen = random_subset(len(labels), keep, seed=0)
+        images, labels = images[chosen], labels[chosen]
+    return images, labels
 
 
 def load_normalized(data_config, split: str) -> tuple[np.ndarray, np.ndarray, DatasetSpec]:
