@@ -46,19 +46,31 @@ def _data_grid(args: argparse.Namespace) -> None:
     print(json.dumps({"grid": str(path), "images": int(len(picks))}))
 
 
-# (command words, "module:function", help). The module also defines SECTIONS, the config
-# sections the stage depends on; the stage's directory is <workdir>/<first command word>.
+def _backbone(args: argparse.Namespace) -> None:
+    from ddjax.backbones import commands
+
+    commands.run(args)
+
+
+# (command words, "module:function", stage directory name, help). The module also defines
+# SECTIONS, the config sections the stage depends on; the stage writes <workdir>/<directory>.
 STAGE_COMMANDS = (
-    (("teacher",), "ddjax.ssl.teacher_stage:run",
+    (("teacher",), "ddjax.ssl.teacher_stage:run", "teacher",
      "train an SSL teacher (Barlow Twins / SimCLR) or import a PyTorch one; writes the teacher artifact"),
-    (("represent",), "ddjax.ssl.represent_stage:run",
+    (("represent",), "ddjax.ssl.represent_stage:run", "represent",
      "the teacher's representations of the whole train split (MKDT's regression targets)"),
-    (("experts",), "ddjax.experts.stage:run",
+    (("experts",), "ddjax.experts.stage:run", "experts",
      "train student experts on the real data and store their parameter trajectories"),
-    (("select", "high-loss"), "ddjax.experts.select:run_high_loss",
+    (("select", "high-loss"), "ddjax.experts.select:run_high_loss", "select",
      "the real images the experts fit worst after epoch 1 (MKDT's initial synthetic set)"),
-    (("select", "random"), "ddjax.experts.select:run_random",
+    (("select", "random"), "ddjax.experts.select:run_random", "select",
      "a seeded random subset of the same size (the baseline)"),
+    (("distill", "mkdt"), "ddjax.distill.mkdt_stage:run", "distill",
+     "MKDT: learn synthetic images, targets and lr by matching expert trajectories"),
+    (("distill", "lgm"), "ddjax.distill.lgm_stage:run", "lgm",
+     "LGM: distil images per class by linear gradient matching on frozen backbones"),
+    (("eval", "lgm"), "ddjax.eval.lgm_stage:run", "lgm_eval",
+     "LGM: linear probes on the distilled sets and baselines, cross-model matrix, alignment"),
 )
 
 
@@ -75,7 +87,7 @@ def _run_stage(args: argparse.Namespace) -> None:
 
 def _add_stage_commands(commands) -> None:
     groups: dict[str, argparse._SubParsersAction] = {}
-    for words, target, help_text in STAGE_COMMANDS:
+    for words, target, directory, help_text in STAGE_COMMANDS:
         parent = commands
         if len(words) == 2:
             if words[0] not in groups:
@@ -86,10 +98,10 @@ def _add_stage_commands(commands) -> None:
         stage = parent.add_parser(words[-1], help=help_text, description=help_text)
         stage.add_argument("--config", required=True, help="experiment config, e.g. experiments/smoke.py")
         stage.add_argument("--workdir", required=True,
-                           help="pipeline directory; this stage writes <workdir>/" + words[0])
+                           help=f"pipeline directory; this stage writes <workdir>/{directory}")
         stage.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                            help="override a config field, e.g. --set experts.num_experts=4 (repeatable)")
-        stage.set_defaults(handler=_run_stage, stage_target=target, stage_name=words[0])
+        stage.set_defaults(handler=_run_stage, stage_target=target, stage_name=directory)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--seed", type=int, default=0)
     _add_data_location_flags(grid)
     grid.set_defaults(handler=_data_grid)
+
+    backbone = commands.add_parser("backbone", help="import and inspect frozen ViT backbones (DINOv2, CLIP, "
+                                                    "EVA-02, MoCo v3, DINO)")
+    backbone_commands = backbone.add_subparsers(dest="backbone_command", required=True, metavar="ACTION")
+    imp = backbone_commands.add_parser("import", help="convert a local official weights file (.pth/.pt/"
+                                                      ".safetensors/.npz) once into ddjax's format")
+    imp.add_argument("name", help="backbone name, e.g. dinov2_vitb14 (`ddjax backbone info` lists them)")
+    imp.add_argument("path", help="the weights file")
+    imp.add_argument("--out", default=None, help="directory to write; default $DDJAX_BACKBONE_DIR/NAME, "
+                                                 "else ~/.cache/ddjax/backbones/NAME")
+    about = backbone_commands.add_parser("info", help="print one JSON object: architecture, feature, "
+                                                      "normalisation, imported weights (no NAME: all names)")
+    about.add_argument("name", nargs="?", default=None)
+    for action in (imp, about):
+        action.set_defaults(handler=_backbone)
 
     _add_stage_commands(commands)
     return parser

@@ -69,9 +69,31 @@ def get_config() -> ml_collections.ConfigDict:
         "batch_size": 256,
         "experts_per_program": 2,   # experts trained together in one vmapped program
         "keep_epochs": -1,          # -1: keep every epoch; k: keep epochs 0..k only
+        "zca": False,               # ZCA-whiten the inputs (classic MTT option; MKDT: off)
+        "zca_eps": 0.1,             # kornia's / MTT's regularisation
     })
     config.select = ml_collections.ConfigDict({
         "percents": (2, 5),         # subset sizes, % of the train split; smaller ones nest
         "epoch": 1,                 # the experts' checkpoint that scores examples (MKDT: 1)
+    })
+    config.distill = ml_collections.ConfigDict({
+        "mode": "mkdt",             # 'mkdt': MSE to learnable targets; 'mtt': CE to fixed labels
+        "init": "high_loss",        # 'high_loss' | 'random' (select outputs) | path to .npy indices
+        "percent": 2,               # which select/<init>_<percent>pct.npy
+        "num_syn": 0,               # expected synthetic set size; 0: the init file's size
+        "iterations": 4,
+        "syn_steps": 3,             # N inner steps per unroll
+        "expert_epochs": 1,         # M: match θ_{s+M}
+        "max_start_epoch": 1,       # s ~ U{0..max_start_epoch-1}
+        "batch_syn": 16,
+        "lr_images": 1000.0,
+        "lr_targets": 1.0,
+        "lr_lr": 1e-4,
+        "lr_init": 0.1,             # initial inner lr (the experts' lr)
+        "experts_per_step": 1,      # >1: vmapped meta-batch of experts (option, not the reference)
+        "inner_dtype": "float32",   # 'bfloat16': inner loop in bf16 (option)
+        "remat": True,              # jax.checkpoint the unrolled step (memory flat in syn_steps)
+        "checkpoint_every": 2,
+        "save_every": 2,
     })
     return config

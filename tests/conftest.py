@@ -112,3 +112,50 @@ def make_archive(tmp_path):
         return SyntheticArchive(root, folder, tuple(sorted(classes)), images, labels)
 
     return make
+
+
+@dataclasses.dataclass
+class ToyPipeline:
+    """A tiny pipeline for stage tests: a 3-class 8x8 archive, config overrides for it, stand-in
+    teacher representations, and the CLI run in-process."""
+
+    overrides: list[str]
+    train_images: int
+    capsys: object
+
+    def write_reps(self, workdir: Path, rows: int | None = None, dim: int = 5) -> np.ndarray:
+        from ddjax.checkpoint import save_pytree
+
+        reps = np.random.default_rng(1).normal(size=(rows or self.train_images, dim)).astype(np.float32)
+        save_pytree(Path(workdir) / "represent" / "representations", {"representations": reps})
+        return reps
+
+    def cli(self, command: list[str], workdir: Path, extra: list[str] = ()):
+        """Run `ddjax COMMAND --config experiments/smoke.py --workdir W --set ...`; returns
+        (exit code, stdout, stderr)."""
+        from ddjax.cli import main
+
+        args = command + ["--config", str(REPO / "experiments" / "smoke.py"), "--workdir", str(workdir)]
+        for item in [*self.overrides, *extra]:
+            args += ["--set", item]
+        code = main(args)
+        captured = self.capsys.readouterr()
+        return code, captured.out, captured.err
+
+    def summary(self, out: str) -> dict:
+        import json
+
+        return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def toy_pipeline(make_archive, tmp_path, capsys) -> ToyPipeline:
+    archive = make_archive(name="toy", counts={"train": 12, "test": 2}, sizes=[(8, 8)])
+    overrides = [
+        "data.name=toy", f"data.archive={archive.root}", f"data.data_dir={tmp_path / 'tfds'}",
+        "data.train_subset=0", "model.width=4", "experts.batch_size=8", "experts.num_experts=3",
+        "experts.epochs=3", "experts.experts_per_program=2", "select.percents=(10, 50)",
+        "distill.batch_syn=4", "distill.syn_steps=2", "distill.percent=50",
+        "distill.iterations=4", "distill.checkpoint_every=1", "distill.save_every=2",
+    ]
+    return ToyPipeline(overrides, 3 * 12, capsys)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ddjax.data.pipeline import load_normalized
+from ddjax.data.pipeline import load_split
 from ddjax.data.subsets import random_subset
 from ddjax.errors import DdjaxError
-from ddjax.experts.stage import load_targets, student_model
+from ddjax.experts.inputs import load_targets, student_inputs, student_model
 from ddjax.experts.store import TrajectoryStore
 from ddjax.experts.train import per_example_mse
 from ddjax.runlog import print_summary, progress
@@ -71,7 +71,7 @@ def run_high_loss(stage: Stage) -> dict:
     experts = store.complete_experts()
     if not experts:
         raise DdjaxError(f"no complete expert in {store.root}; run `ddjax experts` first")
-    images, labels, spec = load_normalized(cfg.data, "train")
+    images, labels, spec, _ = student_inputs(stage)
     store.check_compatible({"dataset": spec.name, "model": cfg.model.name})
     targets, num_outputs = load_targets(stage, labels)
     model = student_model(cfg, num_outputs, images.shape[1:3])
@@ -96,7 +96,7 @@ def run_high_loss(stage: Stage) -> dict:
 
 def run_random(stage: Stage) -> dict:
     cfg = stage.config
-    _, labels, _ = load_normalized(cfg.data, "train")
+    _, labels = load_split(cfg.data, "train")
     artifacts = {}
     for percent in cfg.select.percents:
         path = stage.directory / f"random_{percent:g}pct.npy"

@@ -10,59 +10,24 @@ its last finished epoch.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddjax.checkpoint import RunCheckpointer, load_pytree
-from ddjax.data.pipeline import load_normalized
+from ddjax.checkpoint import RunCheckpointer
+from ddjax.data.transforms import zca_digest
 from ddjax.errors import DdjaxError
+from ddjax.experts.inputs import load_targets, student_inputs, student_model
 from ddjax.experts.store import TrajectoryStore
 from ddjax.experts.train import (cross_entropy_loss_fn, epoch_permutations, make_epoch_fn,
                                  mse_loss_fn, torch_sgd)
-from ddjax.models import build_model, has_batch_stats
+from ddjax.models import has_batch_stats
 from ddjax.models.registry import dummy_input
 from ddjax.runlog import print_summary, progress
 from ddjax.stage import Stage
 
 SECTIONS = ("seed", "data", "model", "experts")
-REPRESENTATIONS_KEY = "representations"
-
-
-def representations_path(stage: Stage) -> Path:
-    """The configured representations artifact, or the ``represent`` stage's in this workdir."""
-    configured = stage.config.experts.representations
-    return Path(configured) if configured else stage.sibling("represent") / REPRESENTATIONS_KEY
-
-
-def load_targets(stage: Stage, labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Regression targets (MKDT: teacher representations) or labels, and the model's output size."""
-    loss = stage.config.experts.loss
-    if loss == "ce":
-        return labels, int(labels.max()) + 1
-    if loss != "mse":
-        raise DdjaxError(f"experts.loss must be 'mse' (knowledge distillation) or 'ce' (labels), got {loss!r}")
-    path = representations_path(stage)
-    if not path.exists():
-        raise DdjaxError(f"no teacher representations at {path}; run `ddjax represent` first "
-                         "or set experts.representations to an existing artifact")
-    reps = np.asarray(load_pytree(path)[REPRESENTATIONS_KEY], np.float32)
-    if reps.ndim != 2 or reps.shape[0] != labels.shape[0]:
-        raise DdjaxError(f"representations {path} have shape {reps.shape} but the "
-                         f"train split has {labels.shape[0]} images; compute them for this dataset "
-                         "with `ddjax represent`")
-    return reps, reps.shape[1]
-
-
-def student_model(config, num_outputs: int, image_size):
-    """The student network of a config's ``model`` section."""
-    extra = {"width": config.model.width} if "width" in config.model else {}
-    return build_model(config.model.name, num_outputs=num_outputs, image_size=image_size,
-                       conv_impl=config.model.conv_impl, init=config.model.init, **extra)
-
-
 def expert_keys(seed: int, experts: list[int]) -> tuple[jax.Array, jax.Array]:
     """Per-expert (init keys, data-order keys), each derived from the expert's index alone."""
     base = [jax.random.fold_in(jax.random.key(seed), e) for e in experts]
@@ -80,7 +45,7 @@ def run(stage: Stage) -> dict:
     cfg, exp = stage.config, stage.config.experts
     if exp.epochs < 1 or exp.num_experts < 1 or exp.experts_per_program < 1:
         raise DdjaxError("experts.epochs, experts.num_experts and experts.experts_per_program must be >= 1")
-    images, labels, spec = load_normalized(cfg.data, "train")
+    images, labels, spec, zca = student_inputs(stage, fit_missing_zca=True)
     targets, num_outputs = load_targets(stage, labels)
     image_size = images.shape[1:3]
     model = student_model(cfg, num_outputs, image_size)
@@ -93,7 +58,8 @@ def run(stage: Stage) -> dict:
     store = TrajectoryStore.create_or_open(stage.directory / "trajectories", {
         "dataset": spec.name, "model": cfg.model.name, "model_kwargs": {"width": cfg.model.get("width")},
         "loss": exp.loss, "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params_shape))),
-        "normalisation": {"mean": list(spec.mean), "std": list(spec.std), "zca": None},
+        "normalisation": {"mean": list(spec.mean), "std": list(spec.std),
+                          "zca": zca_digest(zca) if zca is not None else None},
         "num_outputs": num_outputs, "optimizer": {"name": "sgd", "lr": exp.lr, "momentum": exp.momentum,
                                                   "weight_decay": exp.weight_decay},
         "batch_size": exp.batch_size, "epochs": exp.epochs, "kept_epochs": keep, "seed": cfg.seed,

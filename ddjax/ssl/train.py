@@ -27,8 +27,6 @@ import numpy as np
 import optax
 
 from ddjax.ssl.augment import ViewAugmentConfig, make_views
-from ddjax.ssl.knn import knn_accuracy, knn_predict  # noqa: F401  (re-exported)
-from ddjax.ssl.optim import make_optimizer, make_schedule  # noqa: F401  (re-exported)
 
 
 @flax.struct.dataclass

@@ -1,0 +1,166 @@
+"""``ddjax distill mkdt``: learn synthetic images, their targets and the inner lr by matching
+expert trajectories (mkdt.md §4), resumable at any iteration.
+
+Each outer iteration picks the next expert of a reshuffled cycle and a start epoch
+``s ~ U{0..max_start_epoch−1}``, unrolls ``syn_steps`` student steps from ``θ_s`` on synthetic
+minibatches and moves images, targets and lr by the gradient of the normalised distance to
+``θ_{s+expert_epochs}``. ``distill.mode = 'mtt'`` is classic supervised MTT (cross-entropy to
+fixed labels, experts trained with ``experts.loss = 'ce'``); ``experts_per_step > 1`` matches
+several experts per step and averages their meta-gradients (an option; the reference uses 1).
+
+Artifacts: ``<workdir>/distill/synsets/iter_NNNNNN/`` after NNNNNN updates (0, every
+``save_every``, and the last). The reference's ``images_5000.pt`` holds the state after 4999
+updates; ours is named by the updates it has seen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddjax.checkpoint import RunCheckpointer, numpy_rng_from_state, numpy_rng_state
+from ddjax.data.transforms import denormalize, zca_digest, zca_unwhiten
+from ddjax.distill.mtt import (make_meta_loss, make_outer_step, masked_cross_entropy, masked_mse,
+                               outer_optimizer)
+from ddjax.distill.sampling import ExpertCycle, SyntheticBatches
+from ddjax.distill.synset_io import write_synset
+from ddjax.errors import DdjaxError
+from ddjax.experts.inputs import load_targets, student_inputs, student_model
+from ddjax.experts.store import TrajectoryStore
+from ddjax.models import has_batch_stats
+from ddjax.runlog import print_summary, progress
+from ddjax.stage import Stage
+
+SECTIONS = ("seed", "data", "model", "experts", "select", "distill")
+_MODES = {"mkdt": ("mse", masked_mse), "mtt": ("ce", masked_cross_entropy)}
+
+
+def init_indices(stage: Stage) -> np.ndarray:
+    """The real images the synthetic set starts from: a ``select`` output or an .npy path."""
+    d = stage.config.distill
+    if d.init in ("high_loss", "random"):
+        path = stage.sibling("select") / f"{d.init}_{d.percent:g}pct.npy"
+        hint = f"run `ddjax select {d.init.replace('_', '-')}` with select.percents including {d.percent:g}"
+    else:
+        path, hint = Path(d.init), "set distill.init to high_loss, random or an existing .npy of indices"
+    if not path.exists():
+        raise DdjaxError(f"initial indices {path} do not exist; {hint}")
+    indices = np.load(path)
+    if d.num_syn and len(indices) != d.num_syn:
+        raise DdjaxError(f"distill.num_syn is {d.num_syn} but {path} holds {len(indices)} indices; "
+                         "set distill.num_syn to 0 (take the file's size) or pick the matching percent")
+    return indices
+
+
+def _check_store(store: TrajectoryStore, stage: Stage, spec, loss: str, zca) -> list[int]:
+    d = stage.config.distill
+    store.check_compatible({"dataset": spec.name, "model": stage.config.model.name, "loss": loss,
+                            "normalisation": {"mean": list(spec.mean), "std": list(spec.std),
+                                              "zca": zca_digest(zca) if zca is not None else None}})
+    needed = d.max_start_epoch - 1 + d.expert_epochs
+    if needed not in store.meta["kept_epochs"]:
+        raise DdjaxError(f"distillation reads expert epochs up to {needed} but the store keeps "
+                         f"{store.meta['kept_epochs']}; train experts with more epochs kept")
+    experts = store.complete_experts()
+    if not experts:
+        raise DdjaxError(f"no complete expert in {store.root}; run `ddjax experts` first")
+    return experts
+
+
+def _expert_batch(store, picks, expert_epochs):
+    """Stacked start and target parameters of the picked (expert, start epoch) pairs."""
+    starts = [store.load_epoch(e, s) for e, s in picks]
+    targets = [store.load_epoch(e, s + expert_epochs) for e, s in picks]
+    stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    return stack(starts), stack(targets)
+
+
+def run(stage: Stage) -> dict:
+    cfg, d = stage.config, stage.config.distill
+    if d.mode not in _MODES:
+        raise DdjaxError(f"distill.mode must be one of {sorted(_MODES)}, got {d.mode!r}")
+    if d.max_start_epoch < 1 or d.syn_steps < 1 or d.iterations < 0 or d.experts_per_step < 1:
+        raise DdjaxError("distill.max_start_epoch, syn_steps and experts_per_step must be >= 1 "
+                         "and iterations >= 0")
+    store_loss, make_inner = _MODES[d.mode]
+    images, labels, spec, zca = student_inputs(stage)
+    indices = init_indices(stage)
+    store = TrajectoryStore.open(stage.sibling("experts") / "trajectories")
+    experts = _check_store(store, stage, spec, store_loss, zca)
+    num_outputs = store.meta["num_outputs"]
+    if d.mode == "mkdt":
+        targets_all, _ = load_targets(stage, labels)
+    else:  # one-hot rows: cross-entropy to them is the reference's hard-label loss
+        targets_all = np.eye(num_outputs, dtype=np.float32)[labels]
+    model = student_model(cfg, num_outputs, images.shape[1:3])
+    if has_batch_stats(model, images.shape[1:3]):
+        raise DdjaxError("distillation needs a student without BatchNorm (padded synthetic batches)")
+
+    syn = {"images": jnp.asarray(images[indices]), "targets": jnp.asarray(targets_all[indices]),
+           "lr": jnp.asarray(d.lr_init, jnp.float32)}
+    init_images = syn["images"]
+    optimizer = outer_optimizer(d.lr_images, d.lr_targets if d.mode == "mkdt" else 0.0, d.lr_lr)
+    opt_state = optimizer.init(syn)
+    inner_dtype = None if d.inner_dtype == "float32" else jnp.dtype(d.inner_dtype)
+    step_fn = make_outer_step(make_meta_loss(make_inner(model.apply), remat=d.remat,
+                                             inner_dtype=inner_dtype), optimizer)
+
+    rng = np.random.default_rng(cfg.seed)
+    cycle, batches = ExpertCycle(experts), SyntheticBatches(len(indices), d.batch_syn)
+    iteration = 0
+    with RunCheckpointer(stage.directory / "resume", max_to_keep=2) as resume:
+        if resume.latest_step() is not None:
+            state, meta = resume.restore({"syn": syn, "opt": opt_state})
+            syn, opt_state, iteration = state["syn"], state["opt"], meta["iteration"]
+            rng = numpy_rng_from_state(meta["rng"])
+            cycle = ExpertCycle(experts, **meta["cycle"])
+            batches = SyntheticBatches(len(indices), d.batch_syn, **meta["batches"])
+
+        def save_synset(k):
+            pixels = syn["images"] if zca is None else zca_unwhiten(syn["images"], zca)
+            write_synset(stage.directory / "synsets" / f"iter_{k:06d}", syn["images"],
+                         denormalize(np.asarray(pixels), spec.mean, spec.std), syn["targets"], syn["lr"], {
+                             "dataset": spec.name, "mean": list(spec.mean), "std": list(spec.std),
+                             "zca": zca_digest(zca) if zca is not None else None, "iteration": k,
+                             "mode": d.mode, "model": cfg.model.name, "model_kwargs": cfg.model.to_dict(),
+                             "num_outputs": num_outputs, "init": d.init,
+                             "init_indices": np.asarray(indices).tolist(), "lr": float(syn["lr"])})
+
+        if iteration == 0:
+            save_synset(0)
+        loss = float("nan")
+        bar = progress(total=d.iterations, initial=iteration, desc="distill")
+        while iteration < d.iterations:
+            picks = [(cycle.next(rng), int(rng.integers(0, d.max_start_epoch)))
+                     for _ in range(d.experts_per_step)]
+            idx, mask = zip(*[batches.next_steps(d.syn_steps, rng) for _ in picks])
+            starts, targets = _expert_batch(store, picks, d.expert_epochs)
+            new_syn, new_opt, loss, grads = step_fn(syn, opt_state, starts, targets,
+                                                    jnp.asarray(np.stack(idx)), jnp.asarray(np.stack(mask)))
+            loss = float(loss)
+            if not np.isfinite(loss):
+                raise DdjaxError(f"matching loss became {loss} at iteration {iteration + 1}; lower "
+                                 f"distill.lr_images / lr_lr; the last checkpoint ({resume.latest_step()}) "
+                                 "and saved sets are kept")
+            syn, opt_state, iteration = new_syn, new_opt, iteration + 1
+            stage.metrics.write(iteration, loss=loss, lr=syn["lr"], experts=[p[0] for p in picks],
+                                start_epochs=[p[1] for p in picks],
+                                grad_norm={k: float(jnp.sqrt(jnp.sum(g ** 2))) for k, g in grads.items()},
+                                image_change=float(jnp.sqrt(jnp.sum((syn["images"] - init_images) ** 2)
+                                                            / jnp.sum(init_images ** 2))))
+            if iteration % d.checkpoint_every == 0 or iteration == d.iterations:
+                resume.save(iteration, {"syn": syn, "opt": opt_state},
+                            {"iteration": iteration, "rng": numpy_rng_state(rng), "cycle": cycle.state(),
+                             "batches": batches.state()})
+            if iteration % d.save_every == 0 or iteration == d.iterations:
+                save_synset(iteration)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(syn['lr']):.4g}")
+        bar.close()
+    final = stage.directory / "synsets" / f"iter_{iteration:06d}"
+    return print_summary("distill", stage.workdir, {"synset": final, "grid": final / "grid.png"},
+                         mode=d.mode, iterations=iteration, num_syn=len(indices), loss=loss,
+                         lr=float(syn["lr"]))

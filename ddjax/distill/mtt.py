@@ -1,0 +1,125 @@
+"""Trajectory matching (MTT, as MKDT uses it) as pure functions of pytrees.
+
+``unroll`` trains a student from an expert's checkpoint ``θ_s`` for N plain-SGD steps on
+synthetic minibatches with the learnable scalar step size, as a ``lax.scan`` whose body is
+``jax.checkpoint``-ed (memory grows with the parameters per step, not with activations).
+``match_loss`` is MTT's normalised distance ‖θ_N − θ*_{s+M}‖² / ‖θ_s − θ*_{s+M}‖² over all
+parameters. ``make_outer_step`` differentiates that through the unroll (second order, no
+truncation) with respect to the synthetic images, their targets and the step size, and applies
+the outer optimiser.
+
+Synthetic minibatches have the reference's sizes (the remainder chunk of a permutation comes
+first and is smaller), so every step's batch is padded to ``batch_syn`` with a 0/1 mask and the
+inner loss is the mean over the real members only. Padding is exact for students without
+cross-sample statistics (instance norm, no norm); BatchNorm students are refused upstream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Params = Any
+InnerLoss = Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def masked_mse(apply_fn: Callable) -> InnerLoss:
+    """MKDT's inner loss: MSE to the targets, mean over (real batch members) × output dims."""
+
+    def loss(params, images, targets, mask):
+        per_example = jnp.mean((apply_fn({"params": params}, images) - targets) ** 2, axis=-1)
+        return jnp.sum(per_example * mask) / jnp.sum(mask)
+
+    return loss
+
+
+def masked_cross_entropy(apply_fn: Callable) -> InnerLoss:
+    """Classic MTT's inner loss: cross-entropy to label distributions (one-hot rows give the
+    reference's hard-label cross-entropy exactly), mean over real members."""
+
+    def loss(params, images, label_probs, mask):
+        logits = apply_fn({"params": params}, images)
+        per_example = optax.softmax_cross_entropy(logits, label_probs)
+        return jnp.sum(per_example * mask) / jnp.sum(mask)
+
+    return loss
+
+
+def unroll(inner_loss: InnerLoss, params0: Params, images: jax.Array, targets: jax.Array,
+           lr: jax.Array, batch_idx_SB: jax.Array, mask_SB: jax.Array, *,
+           remat: bool = True, inner_dtype=None) -> Params:
+    """``θ_N`` after ``S = len(batch_idx_SB)`` steps ``θ ← θ − lr·∇L(θ; X[idx], Y[idx])``.
+
+    ``inner_dtype`` (e.g. ``jnp.bfloat16``) computes each inner forward/backward in that dtype
+    while the parameters stay float32; None keeps float32 throughout (the reference).
+    """
+    grad_fn = jax.grad(inner_loss)
+
+    def step(params, batch):
+        idx, mask = batch
+        x, y = images[idx], targets[idx]
+        if inner_dtype is None:
+            grads = grad_fn(params, x, y, mask)
+        else:
+            low = jax.tree.map(lambda p: p.astype(inner_dtype), params)
+            grads = grad_fn(low, x.astype(inner_dtype), y.astype(inner_dtype), mask.astype(inner_dtype))
+        return jax.tree.map(lambda p, g: p - lr * g.astype(p.dtype), params, grads), None
+
+    params_N, _ = jax.lax.scan(jax.checkpoint(step) if remat else step, params0, (batch_idx_SB, mask_SB))
+    return params_N
+
+
+def squared_distance(a: Params, b: Params) -> jax.Array:
+    """Σ over every parameter of (a − b)²."""
+    return sum(jnp.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def match_loss(params_N: Params, params_start: Params, params_target: Params) -> jax.Array:
+    """‖θ_N − θ*‖² / ‖θ_s − θ*‖²: 1 when the student did not move, 0 when it reached θ*."""
+    return squared_distance(params_N, params_target) / squared_distance(params_start, params_target)
+
+
+def make_meta_loss(inner_loss: InnerLoss, *, remat: bool = True, inner_dtype=None):
+    """``meta_loss(syn, start, target, idx_SB, mask_SB)``; ``syn`` = {images, targets, lr}."""
+
+    def meta_loss(syn, params_start, params_target, batch_idx_SB, mask_SB):
+        params_N = unroll(inner_loss, params_start, syn["images"], syn["targets"], syn["lr"],
+                          batch_idx_SB, mask_SB, remat=remat, inner_dtype=inner_dtype)
+        return match_loss(params_N, params_start, params_target)
+
+    return meta_loss
+
+
+def outer_optimizer(lr_images: float, lr_targets: float, lr_lr: float,
+                    momentum: float = 0.5) -> optax.GradientTransformation:
+    """The reference's three ``torch.optim.SGD(momentum=0.5)``: one per learnable, no clipping.
+
+    A learnable with lr 0 (e.g. fixed labels in classic MTT) is left untouched.
+    """
+    def sgd(lr):
+        return optax.sgd(lr, momentum=momentum) if lr else optax.set_to_zero()
+
+    return optax.multi_transform({"images": sgd(lr_images), "targets": sgd(lr_targets), "lr": sgd(lr_lr)},
+                                 {"images": "images", "targets": "targets", "lr": "lr"})
+
+
+def make_outer_step(meta_loss: Callable, optimizer: optax.GradientTransformation):
+    """Build the jitted ``step(syn, opt_state, starts, targets, idx, mask)``.
+
+    ``starts``/``targets`` (and ``idx``/``mask``) carry a leading axis of E experts matched in this
+    step (E = 1 is the reference); their meta-gradients are averaged. Returns the new ``syn``
+    and optimiser state, the mean loss and the gradient of each learnable (for norms/logging).
+    """
+
+    def mean_loss(syn, starts, targets, idx, mask):
+        return jnp.mean(jax.vmap(meta_loss, in_axes=(None, 0, 0, 0, 0))(syn, starts, targets, idx, mask))
+
+    def step(syn, opt_state, starts, targets, idx, mask):
+        loss, grads = jax.value_and_grad(mean_loss)(syn, starts, targets, idx, mask)
+        updates, opt_state = optimizer.update(grads, opt_state, syn)
+        return optax.apply_updates(syn, updates), opt_state, loss, grads
+
+    return jax.jit(step)
