@@ -33,16 +33,16 @@ def time_epoch(model, num_experts: int, steps: int, batch: int, repeats: int) ->
     targets = jnp.asarray(rng.normal(size=(steps * batch, 512)).astype(np.float32))
     optimizer = torch_sgd(0.1, 0.9, 1e-4)
     epoch_fn = make_epoch_fn(mse_loss_fn(model.apply), optimizer, batch)
-    init_keys, data_keys = expert_keys(0, list(range(num_experts)))
+    init_keys, data_keys, aug_keys = expert_keys(0, list(range(num_experts)))
     params = jax.vmap(lambda k: model.init(k, dummy_input((32, 32)))["params"])(init_keys)
     opt = jax.vmap(optimizer.init)(params)
     perms = epoch_permutations(data_keys, 0, steps * batch)
-    params, opt, loss = epoch_fn(params, opt, images, targets, perms)  # compile
+    params, opt, loss = epoch_fn(params, opt, images, targets, perms, aug_keys)  # compile
     loss.block_until_ready()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        params, opt, loss = epoch_fn(params, opt, images, targets, perms)
+        params, opt, loss = epoch_fn(params, opt, images, targets, perms, aug_keys)
         loss.block_until_ready()
         best = min(best, time.perf_counter() - start)
     return best

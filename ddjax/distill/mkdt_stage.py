@@ -5,7 +5,8 @@ Each outer iteration picks the next expert of a reshuffled cycle and a start epo
 ``s ~ U{0..max_start_epoch−1}``, unrolls ``syn_steps`` student steps from ``θ_s`` on synthetic
 minibatches and moves images, targets and lr by the gradient of the normalised distance to
 ``θ_{s+expert_epochs}``. ``distill.mode = 'mtt'`` is classic supervised MTT (cross-entropy to
-fixed labels, experts trained with ``experts.loss = 'ce'``); ``experts_per_step > 1`` matches
+fixed labels, experts trained with ``experts.loss = 'ce'``; ``distill.dsa`` augments every inner
+minibatch with DSA as MTT does, ``experts.zca`` whitens as its option); ``experts_per_step > 1`` matches
 several experts per step and averages their meta-gradients (an option; the reference uses 1).
 
 Artifacts: ``<workdir>/distill/synsets/iter_NNNNNN/`` after NNNNNN updates (0, every
@@ -29,6 +30,7 @@ from ddjax.distill.sampling import ExpertCycle, SyntheticBatches
 from ddjax.distill.synset_io import write_synset
 from ddjax.errors import DdjaxError
 from ddjax.experts.inputs import load_targets, student_inputs, student_model
+from ddjax.experts.stage import dsa_augment_fn
 from ddjax.experts.store import TrajectoryStore
 from ddjax.models import has_batch_stats
 from ddjax.runlog import print_summary, progress
@@ -105,8 +107,10 @@ def run(stage: Stage) -> dict:
     optimizer = outer_optimizer(d.lr_images, d.lr_targets if d.mode == "mkdt" else 0.0, d.lr_lr)
     opt_state = optimizer.init(syn)
     inner_dtype = None if d.inner_dtype == "float32" else jnp.dtype(d.inner_dtype)
-    step_fn = make_outer_step(make_meta_loss(make_inner(model.apply), remat=d.remat,
-                                             inner_dtype=inner_dtype), optimizer)
+    meta_loss = make_meta_loss(make_inner(model.apply), remat=d.remat, inner_dtype=inner_dtype,
+                               augment=dsa_augment_fn(d))
+    step_fn = make_outer_step(meta_loss, optimizer)
+    aug_base = jax.random.fold_in(jax.random.key(cfg.seed), 1)
 
     rng = np.random.default_rng(cfg.seed)
     cycle, batches = ExpertCycle(experts), SyntheticBatches(len(indices), d.batch_syn)
@@ -138,8 +142,10 @@ def run(stage: Stage) -> dict:
                      for _ in range(d.experts_per_step)]
             idx, mask = zip(*[batches.next_steps(d.syn_steps, rng) for _ in picks])
             starts, targets = _expert_batch(store, picks, d.expert_epochs)
+            aug_keys = jax.random.split(jax.random.fold_in(aug_base, iteration), len(picks))
             new_syn, new_opt, loss, grads = step_fn(syn, opt_state, starts, targets,
-                                                    jnp.asarray(np.stack(idx)), jnp.asarray(np.stack(mask)))
+                                                    jnp.asarray(np.stack(idx)), jnp.asarray(np.stack(mask)),
+                                                    aug_keys)
             loss = float(loss)
             if not np.isfinite(loss):
                 raise DdjaxError(f"matching loss became {loss} at iteration {iteration + 1}; lower "

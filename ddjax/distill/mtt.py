@@ -24,6 +24,7 @@ import optax
 
 Params = Any
 InnerLoss = Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
+Augment = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def masked_mse(apply_fn: Callable) -> InnerLoss:
@@ -50,17 +51,23 @@ def masked_cross_entropy(apply_fn: Callable) -> InnerLoss:
 
 def unroll(inner_loss: InnerLoss, params0: Params, images: jax.Array, targets: jax.Array,
            lr: jax.Array, batch_idx_SB: jax.Array, mask_SB: jax.Array, *,
-           remat: bool = True, inner_dtype=None) -> Params:
+           remat: bool = True, inner_dtype=None, augment: Augment | None = None,
+           aug_key: jax.Array | None = None) -> Params:
     """``θ_N`` after ``S = len(batch_idx_SB)`` steps ``θ ← θ − lr·∇L(θ; X[idx], Y[idx])``.
 
     ``inner_dtype`` (e.g. ``jnp.bfloat16``) computes each inner forward/backward in that dtype
     while the parameters stay float32; None keeps float32 throughout (the reference).
+    ``augment(key, x)`` (DSA in classic MTT) transforms step s's minibatch with
+    ``fold_in(aug_key, s)``; MKDT uses none.
     """
     grad_fn = jax.grad(inner_loss)
+    steps = jnp.arange(batch_idx_SB.shape[0])
 
     def step(params, batch):
-        idx, mask = batch
+        idx, mask, s = batch
         x, y = images[idx], targets[idx]
+        if augment is not None:
+            x = augment(jax.random.fold_in(aug_key, s), x)
         if inner_dtype is None:
             grads = grad_fn(params, x, y, mask)
         else:
@@ -68,7 +75,8 @@ def unroll(inner_loss: InnerLoss, params0: Params, images: jax.Array, targets: j
             grads = grad_fn(low, x.astype(inner_dtype), y.astype(inner_dtype), mask.astype(inner_dtype))
         return jax.tree.map(lambda p, g: p - lr * g.astype(p.dtype), params, grads), None
 
-    params_N, _ = jax.lax.scan(jax.checkpoint(step) if remat else step, params0, (batch_idx_SB, mask_SB))
+    params_N, _ = jax.lax.scan(jax.checkpoint(step) if remat else step, params0,
+                               (batch_idx_SB, mask_SB, steps))
     return params_N
 
 
@@ -82,12 +90,14 @@ def match_loss(params_N: Params, params_start: Params, params_target: Params) ->
     return squared_distance(params_N, params_target) / squared_distance(params_start, params_target)
 
 
-def make_meta_loss(inner_loss: InnerLoss, *, remat: bool = True, inner_dtype=None):
-    """``meta_loss(syn, start, target, idx_SB, mask_SB)``; ``syn`` = {images, targets, lr}."""
+def make_meta_loss(inner_loss: InnerLoss, *, remat: bool = True, inner_dtype=None,
+                   augment: Augment | None = None):
+    """``meta_loss(syn, start, target, idx_SB, mask_SB, aug_key)``; ``syn`` = {images, targets, lr}."""
 
-    def meta_loss(syn, params_start, params_target, batch_idx_SB, mask_SB):
+    def meta_loss(syn, params_start, params_target, batch_idx_SB, mask_SB, aug_key=None):
         params_N = unroll(inner_loss, params_start, syn["images"], syn["targets"], syn["lr"],
-                          batch_idx_SB, mask_SB, remat=remat, inner_dtype=inner_dtype)
+                          batch_idx_SB, mask_SB, remat=remat, inner_dtype=inner_dtype,
+                          augment=augment, aug_key=aug_key)
         return match_loss(params_N, params_start, params_target)
 
     return meta_loss
@@ -107,18 +117,19 @@ def outer_optimizer(lr_images: float, lr_targets: float, lr_lr: float,
 
 
 def make_outer_step(meta_loss: Callable, optimizer: optax.GradientTransformation):
-    """Build the jitted ``step(syn, opt_state, starts, targets, idx, mask)``.
+    """Build the jitted ``step(syn, opt_state, starts, targets, idx, mask, aug_keys)``.
 
-    ``starts``/``targets`` (and ``idx``/``mask``) carry a leading axis of E experts matched in this
-    step (E = 1 is the reference); their meta-gradients are averaged. Returns the new ``syn``
-    and optimiser state, the mean loss and the gradient of each learnable (for norms/logging).
+    ``starts``/``targets`` (and ``idx``/``mask``/``aug_keys``) carry a leading axis of E experts
+    matched in this step (E = 1 is the reference); their meta-gradients are averaged. Returns the
+    new ``syn`` and optimiser state, the mean loss and the gradient of each learnable.
     """
 
-    def mean_loss(syn, starts, targets, idx, mask):
-        return jnp.mean(jax.vmap(meta_loss, in_axes=(None, 0, 0, 0, 0))(syn, starts, targets, idx, mask))
+    def mean_loss(syn, starts, targets, idx, mask, aug_keys):
+        losses = jax.vmap(meta_loss, in_axes=(None, 0, 0, 0, 0, 0))(syn, starts, targets, idx, mask, aug_keys)
+        return jnp.mean(losses)
 
-    def step(syn, opt_state, starts, targets, idx, mask):
-        loss, grads = jax.value_and_grad(mean_loss)(syn, starts, targets, idx, mask)
+    def step(syn, opt_state, starts, targets, idx, mask, aug_keys):
+        loss, grads = jax.value_and_grad(mean_loss)(syn, starts, targets, idx, mask, aug_keys)
         updates, opt_state = optimizer.update(grads, opt_state, syn)
         return optax.apply_updates(syn, updates), opt_state, loss, grads
 

@@ -28,11 +28,19 @@ from ddjax.runlog import print_summary, progress
 from ddjax.stage import Stage
 
 SECTIONS = ("seed", "data", "model", "experts")
-def expert_keys(seed: int, experts: list[int]) -> tuple[jax.Array, jax.Array]:
-    """Per-expert (init keys, data-order keys), each derived from the expert's index alone."""
+def expert_keys(seed: int, experts: list[int]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-expert (init, data-order, augmentation) keys, each derived from the expert's index alone."""
     base = [jax.random.fold_in(jax.random.key(seed), e) for e in experts]
-    return (jnp.stack([jax.random.fold_in(k, 0) for k in base]),
-            jnp.stack([jax.random.fold_in(k, 1) for k in base]))
+    return tuple(jnp.stack([jax.random.fold_in(k, purpose) for k in base]) for purpose in range(3))
+
+
+def dsa_augment_fn(section):
+    """DSA as the config section asks (``dsa``, ``dsa_strategy``), or None when it is off."""
+    if not section.get("dsa", False):
+        return None
+    from ddjax.distill.dsa import DsaParams, dsa_augment
+
+    return lambda key, images: dsa_augment(key, images, DsaParams(), section.dsa_strategy)
 
 
 def kept_epochs(epochs: int, keep: int) -> list[int]:
@@ -63,19 +71,20 @@ def run(stage: Stage) -> dict:
         "num_outputs": num_outputs, "optimizer": {"name": "sgd", "lr": exp.lr, "momentum": exp.momentum,
                                                   "weight_decay": exp.weight_decay},
         "batch_size": exp.batch_size, "epochs": exp.epochs, "kept_epochs": keep, "seed": cfg.seed,
+        "dsa": exp.dsa_strategy if exp.get("dsa", False) else None,
     })
     done = set(store.complete_experts())
     todo = [e for e in range(exp.num_experts) if e not in done]
     optimizer = torch_sgd(exp.lr, exp.momentum, exp.weight_decay)
     loss_fn = mse_loss_fn(model.apply) if exp.loss == "mse" else cross_entropy_loss_fn(model.apply)
-    epoch_fn = make_epoch_fn(loss_fn, optimizer, exp.batch_size)
+    epoch_fn = make_epoch_fn(loss_fn, optimizer, exp.batch_size, dsa_augment_fn(exp))
     images_dev, targets_dev = jnp.asarray(images), jnp.asarray(targets)
     final_losses = {e: store.expert_summary(e)["final_loss"] for e in done}
     bar = progress(total=len(todo) * exp.epochs, desc="experts")
     with RunCheckpointer(stage.directory / "resume", max_to_keep=1) as resume:
         for first in range(0, len(todo), exp.experts_per_program):
             group = todo[first:first + exp.experts_per_program]
-            init_keys, data_keys = expert_keys(cfg.seed, group)
+            init_keys, data_keys, aug_keys = expert_keys(cfg.seed, group)
             params = jax.vmap(lambda k: model.init(k, dummy_input(image_size))["params"])(init_keys)
             opt_state = jax.vmap(optimizer.init)(params)
             start, loss_E = 0, np.full(len(group), np.nan)
@@ -89,7 +98,9 @@ def run(stage: Stage) -> dict:
                 store.save_epoch(e, 0, jax.tree.map(lambda x: np.asarray(x[i]), params))
             for epoch in range(start, exp.epochs):
                 perms = epoch_permutations(data_keys, epoch, images.shape[0])
-                params, opt_state, loss_E = epoch_fn(params, opt_state, images_dev, targets_dev, perms)
+                epoch_aug_keys = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(aug_keys)
+                params, opt_state, loss_E = epoch_fn(params, opt_state, images_dev, targets_dev, perms,
+                                                     epoch_aug_keys)
                 loss_E = np.asarray(loss_E)
                 if not np.isfinite(loss_E).all():
                     raise DdjaxError(f"expert loss became {loss_E} at epoch {epoch + 1}; lower experts.lr")

@@ -8,7 +8,7 @@ initialisation and its own data order, and one epoch is a ``lax.scan`` over mini
 Faithful to the reference (mkdt.md §3): plain epochs over a fresh permutation, batches of
 ``batch_size`` with the last partial batch kept (its loss is the mean over its own samples),
 PyTorch SGD semantics (weight decay added to the gradient, momentum buffer started at the first
-gradient, which optax's trace reproduces), no augmentation.
+gradient, which optax's trace reproduces), no augmentation (classic MTT experts may use DSA).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import optax
 
 Params = Any
 LossFn = Callable[[Params, jax.Array, jax.Array], jax.Array]
+Augment = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def mse_loss_fn(apply_fn: Callable) -> LossFn:
@@ -53,14 +54,19 @@ def epoch_permutations(keys_E: jax.Array, epoch: int, num_examples: int) -> jax.
     return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), num_examples))(keys_E)
 
 
-def make_epoch_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int):
-    """Build ``epoch(params_E, opt_E, images, targets, perm_EN) -> (params_E, opt_E, loss_E)``.
+def make_epoch_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
+                  augment: Augment | None = None):
+    """Build ``epoch(params_E, opt_E, images, targets, perm_EN, aug_keys_E) -> (params_E, opt_E, loss_E)``.
 
     ``images``/``targets`` are the whole training set (shared by all experts); ``perm_EN`` holds
-    each expert's example order. ``loss_E`` is each expert's per-example mean loss over the epoch.
+    each expert's example order. ``augment(key, batch)`` (e.g. DSA for classic MTT experts) is
+    applied to every minibatch with ``fold_in(aug_keys_E[e], step)``; None (MKDT) skips it and
+    ignores ``aug_keys_E``. ``loss_E`` is each expert's per-example mean loss over the epoch.
     """
 
-    def one_step(params, opt_state, images, targets):
+    def one_step(params, opt_state, images, targets, key):
+        if augment is not None:
+            images = augment(key, images)
         loss, grads = jax.value_and_grad(loss_fn)(params, images, targets)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -70,22 +76,27 @@ def make_epoch_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, batc
     def gather(data, idx_EB):
         return jax.vmap(lambda idx: data[idx])(idx_EB)
 
-    def epoch(params_E, opt_E, images, targets, perm_EN):
+    def epoch(params_E, opt_E, images, targets, perm_EN, aug_keys_E):
         num_examples = perm_EN.shape[1]
         full = num_examples // batch_size
         body_idx = perm_EN[:, : full * batch_size].reshape(perm_EN.shape[0], full, batch_size)
+        step_keys = lambda t: jax.vmap(lambda k: jax.random.fold_in(k, t))(aug_keys_E)
 
-        def body(carry, idx_EB):
+        def body(carry, inputs):
             params, opt = carry
-            params, opt, loss = step_E(params, opt, gather(images, idx_EB), gather(targets, idx_EB))
+            t, idx_EB = inputs
+            params, opt, loss = step_E(params, opt, gather(images, idx_EB), gather(targets, idx_EB),
+                                       step_keys(t))
             return (params, opt), loss
 
-        (params_E, opt_E), losses_TE = jax.lax.scan(body, (params_E, opt_E), jnp.swapaxes(body_idx, 0, 1))
+        (params_E, opt_E), losses_TE = jax.lax.scan(
+            body, (params_E, opt_E), (jnp.arange(full), jnp.swapaxes(body_idx, 0, 1)))
         total_E = losses_TE.sum(axis=0) * batch_size
         rest = num_examples - full * batch_size
         if rest:
             idx_EB = perm_EN[:, full * batch_size:]
-            params_E, opt_E, last_E = step_E(params_E, opt_E, gather(images, idx_EB), gather(targets, idx_EB))
+            params_E, opt_E, last_E = step_E(params_E, opt_E, gather(images, idx_EB),
+                                             gather(targets, idx_EB), step_keys(full))
             total_E = total_E + last_E * rest
         return params_E, opt_E, total_E / num_examples
 

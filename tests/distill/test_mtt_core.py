@@ -4,7 +4,6 @@ against finite differences, the loss at its closed-form values, the outer SGD, t
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from ddjax.distill.mtt import (make_meta_loss, make_outer_step, masked_cross_entropy, masked_mse,
                                match_loss, outer_optimizer, unroll)
@@ -31,14 +30,17 @@ def _problem(dtype=jnp.float32, seed=0):
     return model, cast(start), cast(target), syn, jnp.asarray(idx), jnp.asarray(mask, dtype)
 
 
-def _loop_meta_loss(model, syn, start, target, idx, mask):
+def _loop_meta_loss(model, syn, start, target, idx, mask, augment=None, aug_key=None):
     """The same unroll written as a plain Python loop over explicit sub-batches (no masks)."""
     loss = lambda p, x, y: jnp.mean((model.apply({"params": p}, x) - y) ** 2)
     idx, mask = np.asarray(idx), np.asarray(mask)
     params = start
     for s in range(idx.shape[0]):
         real = idx[s][mask[s] > 0]
-        grads = jax.grad(loss)(params, syn["images"][real], syn["targets"][real])
+        x = syn["images"][real]
+        if augment is not None:  # per-sample ops: augmenting only the real members is the same
+            x = augment(jax.random.fold_in(aug_key, s), syn["images"][idx[s]])[mask[s] > 0]
+        grads = jax.grad(loss)(params, x, syn["targets"][real])
         params = jax.tree.map(lambda p, g: p - syn["lr"] * g, params, grads)
     sq = lambda a, b: sum(jnp.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     return sq(params, target) / sq(start, target)
@@ -57,6 +59,22 @@ def test_scan_checkpoint_unroll_equals_python_loop_in_value_and_gradient():
     plain = make_meta_loss(masked_mse(model.apply), remat=False)
     np.testing.assert_allclose(jax.grad(plain)(syn, start, target, idx, mask)["images"], grads["images"],
                                rtol=1e-5, atol=1e-8)
+
+
+def test_augmented_unroll_equals_python_loop_with_the_same_keys():
+    from ddjax.distill.dsa import DsaParams, dsa_augment
+
+    model, start, target, syn, idx, mask = _problem(seed=2)
+    augment = lambda key, x: dsa_augment(key, x, DsaParams(aug_mode="M"), "flip_crop_scale")
+    key = jax.random.key(7)
+    scanned = make_meta_loss(masked_mse(model.apply), augment=augment)
+    value, grads = jax.value_and_grad(scanned)(syn, start, target, idx, mask, key)
+    loop_value, loop_grads = jax.jit(jax.value_and_grad(
+        lambda s: _loop_meta_loss(model, s, start, target, idx, mask, augment, key)))(syn)
+    np.testing.assert_allclose(value, loop_value, rtol=1e-5)
+    np.testing.assert_allclose(grads["images"], loop_grads["images"], rtol=2e-4, atol=1e-7)
+    plain = make_meta_loss(masked_mse(model.apply))(syn, start, target, idx, mask)
+    assert abs(float(plain) - float(value)) > 1e-6  # the augmentation changed the trajectory
 
 
 def test_meta_gradient_matches_central_finite_differences():
@@ -118,8 +136,10 @@ def test_several_identical_experts_give_the_single_expert_step():
     opt = outer_optimizer(100.0, 1.0, 1e-4)
     step = make_outer_step(make_meta_loss(masked_mse(model.apply)), opt)
     stack = lambda t, n: jax.tree.map(lambda x: jnp.stack([x] * n), t)
-    one = step(syn, opt.init(syn), stack(start, 1), stack(target, 1), idx[None], mask[None])
-    two = step(syn, opt.init(syn), stack(start, 2), stack(target, 2), jnp.stack([idx, idx]), jnp.stack([mask, mask]))
+    keys = jax.random.split(jax.random.key(0), 2)
+    one = step(syn, opt.init(syn), stack(start, 1), stack(target, 1), idx[None], mask[None], keys[:1])
+    two = step(syn, opt.init(syn), stack(start, 2), stack(target, 2), jnp.stack([idx, idx]),
+               jnp.stack([mask, mask]), keys)
     np.testing.assert_allclose(one[2], two[2], rtol=1e-6)
     np.testing.assert_allclose(one[0]["images"], two[0]["images"], rtol=1e-4, atol=1e-5)
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ddjax.distill.dsa import DsaParams, dsa_augment
 from ddjax.experts.stage import expert_keys
 from ddjax.experts.train import (epoch_permutations, make_epoch_fn, mse_loss_fn, per_example_mse,
                                  torch_sgd)
@@ -43,27 +44,33 @@ def _torch_sgd_epochs(model, params, images, targets, perms):
 
 def test_epochs_equal_a_plain_torch_sgd_loop(setup):
     model, images, targets, init, optimizer, epoch_fn = setup
-    init_keys, data_keys = expert_keys(0, [0, 1])
+    init_keys, data_keys, aug_keys = expert_keys(0, [0, 1])
     params = init(init_keys)
     expected = _torch_sgd_epochs(model, jax.tree.map(lambda x: x[1], params), images, targets,
                                  [epoch_permutations(data_keys, e, N)[1] for e in range(2)])
     opt = jax.vmap(optimizer.init)(params)
     for epoch in range(2):
-        params, opt, loss = epoch_fn(params, opt, images, targets, epoch_permutations(data_keys, epoch, N))
+        params, opt, loss = epoch_fn(params, opt, images, targets, epoch_permutations(data_keys, epoch, N),
+                                     aug_keys)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(jax.tree.map(lambda x: x[1], params))):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
     assert loss.shape == (2,) and np.isfinite(np.asarray(loss)).all()
 
 
-def test_vmapped_expert_equals_the_same_expert_alone(setup):
-    _, images, targets, init, optimizer, epoch_fn = setup
+@pytest.mark.parametrize("with_dsa", [False, True])
+def test_vmapped_expert_equals_the_same_expert_alone(setup, with_dsa):
+    model, images, targets, init, optimizer, epoch_fn = setup
+    if with_dsa:
+        augment = lambda key, x: dsa_augment(key, x, DsaParams(), "flip_crop_cutout")
+        epoch_fn = make_epoch_fn(mse_loss_fn(model.apply), optimizer, BATCH, augment)
 
     def train(experts):
-        init_keys, data_keys = expert_keys(3, experts)
+        init_keys, data_keys, aug_keys = expert_keys(3, experts)
         params = init(init_keys)
         opt = jax.vmap(optimizer.init)(params)
         for epoch in range(2):
-            params, opt, _ = epoch_fn(params, opt, images, targets, epoch_permutations(data_keys, epoch, N))
+            params, opt, _ = epoch_fn(params, opt, images, targets, epoch_permutations(data_keys, epoch, N),
+                                      aug_keys)
         return params
 
     together = train([4, 7, 9])
@@ -77,10 +84,10 @@ def test_epoch_loss_is_the_per_example_mean(setup):
     model, images, targets, init, optimizer, _ = setup
     # With lr 0 the parameters stay put, so the epoch loss is the mean per-example MSE.
     frozen = make_epoch_fn(mse_loss_fn(model.apply), torch_sgd(0.0, 0.0, 0.0), BATCH)
-    init_keys, data_keys = expert_keys(1, [0])
+    init_keys, data_keys, aug_keys = expert_keys(1, [0])
     params = init(init_keys)
     expected = per_example_mse(model.apply, batch_size=7)(jax.tree.map(lambda x: x[0], params),
                                                           images, targets).mean()
     _, _, loss = frozen(params, jax.vmap(optimizer.init)(params), images, targets,
-                        epoch_permutations(data_keys, 0, N))
+                        epoch_permutations(data_keys, 0, N), aug_keys)
     np.testing.assert_allclose(float(loss[0]), float(expected), rtol=1e-5)
