@@ -53,7 +53,8 @@ def _backbone(args: argparse.Namespace) -> None:
 
 
 # (command words, "module:function", stage directory name, help). The module also defines
-# SECTIONS, the config sections the stage depends on; the stage writes <workdir>/<directory>.
+# SECTIONS, the config sections the stage depends on, and optionally check_config(config), which
+# rejects bad settings before they are recorded; the stage writes <workdir>/<directory>.
 STAGE_COMMANDS = (
     (("teacher",), "ddjax.ssl.teacher_stage:run", "teacher",
      "train an SSL teacher (Barlow Twins / SimCLR) or import a PyTorch one; writes the teacher artifact"),
@@ -81,6 +82,8 @@ def _run_stage(args: argparse.Namespace) -> None:
     module_name, function = args.stage_target.split(":")
     module = importlib.import_module(module_name)
     config = load_config(args.config, args.set)
+    if hasattr(module, "check_config"):  # refuse bad settings before they are recorded
+        module.check_config(config)
     stage = open_stage(args.stage_name, config, args.workdir, module.SECTIONS)
     getattr(module, function)(stage)
 

@@ -22,8 +22,15 @@ CONFIG_FILE_NAME = "config.json"
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """Load ``get_config()`` from a Python file and apply ``key=value`` overrides."""
-    path = Path(path)
+    """Load ``get_config()`` from a Python file and apply ``key=value`` overrides.
+
+    ``file.py:ARG`` calls ``get_config("ARG")`` (the ml_collections convention), so one file can
+    hold several settings, e.g. ``experiments/mkdt_paper.py:cifar100_5``.
+    """
+    path, argument = Path(path), None
+    if not path.is_file() and ":" in str(path):
+        head, argument = str(path).rsplit(":", 1)
+        path = Path(head)
     if not path.is_file():
         raise DdjaxError(f"config file {path} does not exist; pass --config with a file from experiments/")
     spec = importlib.util.spec_from_file_location(f"ddjax_config_{path.stem}", path)
@@ -34,7 +41,12 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ml_collectio
         raise DdjaxError(f"config file {path} failed to load: {type(err).__name__}: {err}") from err
     if not hasattr(module, "get_config"):
         raise DdjaxError(f"config file {path} defines no get_config(); add one returning a ConfigDict")
-    config = module.get_config()
+    try:
+        config = module.get_config() if argument is None else module.get_config(argument)
+    except DdjaxError:
+        raise
+    except Exception as err:
+        raise DdjaxError(f"get_config({argument or ''}) of {path} failed: {type(err).__name__}: {err}") from err
     if not isinstance(config, ml_collections.ConfigDict):
         config = ml_collections.ConfigDict(config)
     for item in overrides:

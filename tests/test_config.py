@@ -62,3 +62,26 @@ def test_record_config_writes_once_and_rejects_changed_reruns(config_file, tmp_p
     with pytest.raises(DdjaxError, match="data.fraction"):
         record_config(run_dir, load_config(config_file, ["data.fraction=0.25"]))
     assert json.loads((run_dir / "config.json").read_text())["data"]["fraction"] == 0.5
+
+
+def test_file_argument_selects_a_setting(tmp_path):
+    path = tmp_path / "multi.py"
+    path.write_text("import ml_collections\n\ndef get_config(arg='a'):\n"
+                    "    return ml_collections.ConfigDict({'which': arg})\n")
+    assert load_config(path).which == "a"
+    assert load_config(f"{path}:b").which == "b"
+    with pytest.raises(DdjaxError, match="does not exist"):
+        load_config(f"{tmp_path / 'nope.py'}:b")
+
+
+def test_paper_settings_follow_the_reference_table():
+    from ddjax.pipeline_config import PAPER_DISTILL
+
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    for (dataset, percent), row in PAPER_DISTILL.items():
+        config = load_config(f"{repo / 'experiments' / 'mkdt_paper.py'}:{dataset}_{percent}")
+        assert config.data.name == dataset and config.distill.percent == percent
+        assert {k: config.distill[k] for k in row} == row
+        assert (config.distill.expert_epochs, config.distill.batch_syn, config.distill.lr_lr) == (2, 256, 1e-4)
+    with pytest.raises(DdjaxError, match="no paper setting"):
+        load_config(f"{repo / 'experiments' / 'mkdt_paper.py'}:cifar10_7")

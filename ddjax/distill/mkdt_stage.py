@@ -80,13 +80,21 @@ def _expert_batch(store, picks, expert_epochs):
     return stack(starts), stack(targets)
 
 
-def run(stage: Stage) -> dict:
-    cfg, d = stage.config, stage.config.distill
+def check_config(config) -> None:
+    """Reject impossible distillation settings before the CLI records them."""
+    d = config.distill
     if d.mode not in _MODES:
         raise DdjaxError(f"distill.mode must be one of {sorted(_MODES)}, got {d.mode!r}")
-    if d.max_start_epoch < 1 or d.syn_steps < 1 or d.iterations < 0 or d.experts_per_step < 1:
-        raise DdjaxError("distill.max_start_epoch, syn_steps and experts_per_step must be >= 1 "
-                         "and iterations >= 0")
+    if min(d.max_start_epoch, d.syn_steps, d.experts_per_step, d.batch_syn, d.expert_epochs,
+           d.checkpoint_every, d.save_every) < 1 or d.iterations < 0:
+        raise DdjaxError("distill.max_start_epoch, syn_steps, experts_per_step, batch_syn, expert_epochs, "
+                         "checkpoint_every and save_every must be >= 1, iterations >= 0")
+    if d.inner_dtype not in ("float32", "bfloat16", "float16"):
+        raise DdjaxError(f"distill.inner_dtype must be float32, bfloat16 or float16, got {d.inner_dtype!r}")
+
+
+def run(stage: Stage) -> dict:
+    cfg, d = stage.config, stage.config.distill
     store_loss, make_inner = _MODES[d.mode]
     images, labels, spec, zca = student_inputs(stage)
     indices = init_indices(stage)

@@ -49,10 +49,17 @@ def kept_epochs(epochs: int, keep: int) -> list[int]:
     return list(range(last + 1))
 
 
+def check_config(config) -> None:
+    """Reject impossible expert settings before the CLI records them."""
+    exp = config.experts
+    if exp.loss not in ("mse", "ce"):
+        raise DdjaxError(f"experts.loss must be 'mse' (knowledge distillation) or 'ce' (labels), got {exp.loss!r}")
+    if exp.epochs < 1 or exp.num_experts < 1 or exp.experts_per_program < 1 or exp.batch_size < 1:
+        raise DdjaxError("experts.epochs, num_experts, experts_per_program and batch_size must be >= 1")
+
+
 def run(stage: Stage) -> dict:
     cfg, exp = stage.config, stage.config.experts
-    if exp.epochs < 1 or exp.num_experts < 1 or exp.experts_per_program < 1:
-        raise DdjaxError("experts.epochs, experts.num_experts and experts.experts_per_program must be >= 1")
     images, labels, spec, zca = student_inputs(stage, fit_missing_zca=True)
     targets, num_outputs = load_targets(stage, labels)
     image_size = images.shape[1:3]

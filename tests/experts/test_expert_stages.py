@@ -101,3 +101,12 @@ def test_bad_inputs_are_one_line_errors(toy_pipeline, tmp_path):
     assert code == 2 and "experts.epochs" in err
     code, out, err = toy.cli(["select", "high-loss"], tmp_path / "ok", ["model.name=resnet10"])
     assert code == 2 and "does not match this run" in err
+
+
+def test_rejected_settings_are_not_recorded(toy_pipeline, tmp_path):
+    toy = toy_pipeline
+    code, _, err = toy.cli(["experts"], tmp_path, ["experts.loss=kl"])
+    assert code == 2 and "experts.loss must be" in err
+    assert not (tmp_path / "experts" / "config.json").exists()
+    code, _, err = toy.cli(["distill", "mkdt"], tmp_path, ["distill.mode=sgd"])
+    assert code == 2 and "distill.mode must be" in err and not (tmp_path / "distill").exists()
