@@ -108,6 +108,7 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
         "lr_lr": 1e-4,
         "lr_init": 0.1,                 # initial inner lr (the experts' lr)
         "experts_per_step": 1,          # >1: vmapped meta-batch of experts (option)
+        "clip_grad_norm": 0.0,          # >0: clip each learnable's meta-gradient norm (option)
         "inner_dtype": "float32",       # 'bfloat16': inner loop in bf16 (option)
         "remat": True,                  # jax.checkpoint the unrolled step (memory flat in syn_steps)
         "dsa": False,                   # DSA on every inner minibatch (classic MTT; MKDT: off, §4.7)

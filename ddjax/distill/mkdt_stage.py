@@ -112,7 +112,8 @@ def run(stage: Stage) -> dict:
     syn = {"images": jnp.asarray(images[indices]), "targets": jnp.asarray(targets_all[indices]),
            "lr": jnp.asarray(d.lr_init, jnp.float32)}
     init_images = syn["images"]
-    optimizer = outer_optimizer(d.lr_images, d.lr_targets if d.mode == "mkdt" else 0.0, d.lr_lr)
+    optimizer = outer_optimizer(d.lr_images, d.lr_targets if d.mode == "mkdt" else 0.0, d.lr_lr,
+                                clip_norm=d.clip_grad_norm)
     opt_state = optimizer.init(syn)
     inner_dtype = None if d.inner_dtype == "float32" else jnp.dtype(d.inner_dtype)
     meta_loss = make_meta_loss(make_inner(model.apply), remat=d.remat, inner_dtype=inner_dtype,

@@ -103,14 +103,19 @@ def make_meta_loss(inner_loss: InnerLoss, *, remat: bool = True, inner_dtype=Non
     return meta_loss
 
 
-def outer_optimizer(lr_images: float, lr_targets: float, lr_lr: float,
-                    momentum: float = 0.5) -> optax.GradientTransformation:
+def outer_optimizer(lr_images: float, lr_targets: float, lr_lr: float, momentum: float = 0.5,
+                    clip_norm: float = 0.0) -> optax.GradientTransformation:
     """The reference's three ``torch.optim.SGD(momentum=0.5)``: one per learnable, no clipping.
 
-    A learnable with lr 0 (e.g. fixed labels in classic MTT) is left untouched.
+    A learnable with lr 0 (e.g. fixed labels in classic MTT) is left untouched. ``clip_norm`` > 0
+    (an option, not the reference) clips each learnable's meta-gradient to that norm first: long
+    unrolls can make the exact meta-gradient explode (see ``docs`` in experiments/README.md).
     """
     def sgd(lr):
-        return optax.sgd(lr, momentum=momentum) if lr else optax.set_to_zero()
+        if not lr:
+            return optax.set_to_zero()
+        step = optax.sgd(lr, momentum=momentum)
+        return optax.chain(optax.clip_by_global_norm(clip_norm), step) if clip_norm else step
 
     return optax.multi_transform({"images": sgd(lr_images), "targets": sgd(lr_targets), "lr": sgd(lr_lr)},
                                  {"images": "images", "targets": "targets", "lr": "lr"})

@@ -126,6 +126,11 @@ def test_outer_optimizer_is_torch_sgd_with_momentum_half():
     for key in params:  # buf1 = g1; buf2 = 0.5 buf1 + g2; p -= lr buf each step
         expected = params[key] - lrs[key] * g1[key] - lrs[key] * (0.5 * g1[key] + g2[key])
         np.testing.assert_allclose(p[key], expected, rtol=1e-6)
+    clipped = outer_optimizer(10.0, 1.0, 1e-2, clip_norm=0.5)
+    updates, _ = clipped.update(g1, clipped.init(params), params)
+    for key in params:  # each learnable's gradient is scaled to norm <= 0.5 before its SGD step
+        norm = float(jnp.linalg.norm(jnp.ravel(g1[key])))
+        np.testing.assert_allclose(updates[key], -lrs[key] * g1[key] * min(1.0, 0.5 / norm), rtol=1e-6)
     frozen = outer_optimizer(1.0, 0.0, 1.0)
     updates, _ = frozen.update(g1, frozen.init(params), params)
     assert float(jnp.abs(updates["targets"]).max()) == 0.0
