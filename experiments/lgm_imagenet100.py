@@ -1,0 +1,34 @@
+"""LGM at paper scale: ImageNet-100, 1 image per class, the four ViT-B backbones of the paper, the
+reference's hyperparameters throughout (lgm.md §1, §6, §7), the full cross-model matrix.
+
+Needs the ImageNet-100 images at 256x256 (`ddjax data info imagenet100` says where they are looked
+for) and the official weights imported once per backbone (`ddjax backbone import NAME FILE`; see
+`ddjax backbone info NAME`). A GPU: on one H100-class device the distillation of one backbone is
+about 5001 steps of 1,000 real + 1,000 synthetic 224x224 images (set lgm.chunk_size, e.g. 250, if
+the step does not fit).
+
+    ddjax distill lgm --config experiments/lgm_imagenet100.py --workdir runs/lgm_in100
+    ddjax eval lgm    --config experiments/lgm_imagenet100.py --workdir runs/lgm_in100
+
+Backbones are normalised with ImageNet mean/std, as the reference does for all four.
+"""
+
+import ml_collections
+
+from ddjax.distill.lgm_config import lgm_eval_section, lgm_section
+
+BACKBONES = ("clip=clip_vitb", "dinov2=dinov2_vitb", "eva02=eva02_vitb", "mocov3=mocov3_vitb")
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 3407                  # the reference seeds torch/numpy/random with 3407
+    config.data = ml_collections.ConfigDict({
+        "name": "imagenet100",
+        "archive": "",
+        "data_dir": "",
+        "train_subset": 0,
+    })
+    config.lgm = lgm_section(backbones=BACKBONES, syn_res=256)
+    config.lgm_eval = lgm_eval_section()   # 1000 epochs, 5 seeds, every baseline, full data as §7
+    return config
