@@ -1,0 +1,62 @@
+"""Compare the exact lr meta-gradient (``jax.grad`` through the unroll) with central differences
+of the matching loss, for a distillation workdir's first expert, at several unroll lengths.
+
+    python experiments/check_meta_gradient.py --config experiments/cpu_cifar10.py \\
+        --workdir /tmp/cpu_run/wd --steps 8 12 16 20
+
+Prints one JSON line per unroll length. Where the two part, the unrolled map is chaotic at that
+length and its exact gradient is not a useful descent direction (see experiments/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddjax.config import load_config
+from ddjax.distill.mkdt_stage import init_indices
+from ddjax.distill.mtt import make_meta_loss, masked_mse
+from ddjax.distill.sampling import SyntheticBatches
+from ddjax.experts.inputs import load_targets, student_inputs, student_model
+from ddjax.experts.store import TrajectoryStore
+from ddjax.stage import Stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--steps", type=int, nargs="+", default=[8, 12, 16, 20])
+    parser.add_argument("--h", type=float, default=1e-3, help="finite-difference step on the lr")
+    args = parser.parse_args()
+    config = load_config(args.config)
+    stage = Stage("distill", config, Path(args.workdir).absolute())
+    images, labels, _, _ = student_inputs(stage)
+    targets, _ = load_targets(stage, labels)
+    indices = init_indices(stage)
+    store = TrajectoryStore.open(stage.sibling("experts") / "trajectories")
+    expert = store.complete_experts()[0]
+    start, target = store.load_epoch(expert, 0), store.load_epoch(expert, config.distill.expert_epochs)
+    model = student_model(config, store.meta["num_outputs"], images.shape[1:3])
+    lr = config.distill.lr_init
+    syn = {"images": jnp.asarray(images[indices]), "targets": jnp.asarray(targets[indices]),
+           "lr": jnp.asarray(lr, jnp.float32)}
+    meta_loss = make_meta_loss(masked_mse(model.apply))
+    value, grad = jax.jit(meta_loss), jax.jit(jax.grad(meta_loss))
+    idx, mask = SyntheticBatches(len(indices), config.distill.batch_syn).next_steps(
+        max(args.steps), np.random.default_rng(0))
+    for steps in args.steps:
+        batch = (start, target, jnp.asarray(idx[:steps]), jnp.asarray(mask[:steps]))
+        at = lambda x: float(value(dict(syn, lr=jnp.asarray(x, jnp.float32)), *batch))
+        print(json.dumps({"steps": steps, "loss": at(lr), "grad_lr": float(grad(syn, *batch)["lr"]),
+                          "central_difference": (at(lr + args.h) - at(lr - args.h)) / (2 * args.h)}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
