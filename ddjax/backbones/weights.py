@@ -28,7 +28,7 @@ from ddjax.backbones.vit_configs import ViTVariant
 from ddjax.errors import DdjaxError
 
 RAW_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".tar", ".npz")
-_WRAPPERS = ("teacher", "state_dict", "model", "module", "model_ema")
+_WRAPPERS = ("teacher", "state_dict", "model", "module", "model_ema", "encoder", "backbone")
 _TORCHSCRIPT_METADATA = ("input_resolution", "context_length", "vocab_size")
 # Candidate prefixes in front of a backbone's keys, tried in this order.
 _PREFIXES = ("", "module.base_encoder.", "base_encoder.", "module.", "backbone.", "visual.",
@@ -88,7 +88,8 @@ def _read_safetensors(path: Path) -> dict:
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """A flat state dict (name -> float32/int numpy array) from a local file; wrappers such as
-    ``{'state_dict': ...}``, ``{'model': ...}`` or DINO's ``{'teacher': ...}`` are unwrapped."""
+    ``{'state_dict': ...}``, ``{'model': ...}``, ``{'encoder': ...}`` or DINO's ``{'teacher': ...}``
+    are unwrapped."""
     path = Path(path)
     if not path.is_file():
         raise DdjaxError(f"weights file {path} does not exist")

@@ -31,6 +31,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ddjax.backbones.weights import read_state_dict
 from ddjax.checkpoint import RunCheckpointer
 from ddjax.data.pipeline import dataset_spec, load_split
 from ddjax.data.subsets import random_subset
@@ -43,7 +44,7 @@ from ddjax.ssl.knn import knn_accuracy
 from ddjax.ssl.optim import make_schedule
 from ddjax.ssl.teacher_artifact import (ENCODER, META, build_encoder, encode_images,
                                         encoder_variables, feature_dim, is_complete, write_artifact)
-from ddjax.ssl.torch_import import encoder_state_dict, read_state_dict
+from ddjax.ssl.torch_import import encoder_state_dict
 from ddjax.ssl.train import init_ssl_state, make_ssl_train_step
 
 SECTIONS = ("seed", "data", "teacher")
