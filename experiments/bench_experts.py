@@ -37,12 +37,12 @@ def time_epoch(model, num_experts: int, steps: int, batch: int, repeats: int) ->
     params = jax.vmap(lambda k: model.init(k, dummy_input((32, 32)))["params"])(init_keys)
     opt = jax.vmap(optimizer.init)(params)
     perms = epoch_permutations(data_keys, 0, steps * batch)
-    params, opt, loss = epoch_fn(params, opt, images, targets, perms, aug_keys)  # compile
+    params, _, opt, loss = epoch_fn(params, {}, opt, images, targets, perms, aug_keys)  # compile
     loss.block_until_ready()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        params, opt, loss = epoch_fn(params, opt, images, targets, perms, aug_keys)
+        params, _, opt, loss = epoch_fn(params, {}, opt, images, targets, perms, aug_keys)
         loss.block_until_ready()
         best = min(best, time.perf_counter() - start)
     return best

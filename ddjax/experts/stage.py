@@ -106,8 +106,8 @@ def run(stage: Stage) -> dict:
             for epoch in range(start, exp.epochs):
                 perms = epoch_permutations(data_keys, epoch, images.shape[0])
                 epoch_aug_keys = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(aug_keys)
-                params, opt_state, loss_E = epoch_fn(params, opt_state, images_dev, targets_dev, perms,
-                                                     epoch_aug_keys)
+                params, _, opt_state, loss_E = epoch_fn(params, {}, opt_state, images_dev, targets_dev,
+                                                        perms, epoch_aug_keys)
                 loss_E = np.asarray(loss_E)
                 if not np.isfinite(loss_E).all():
                     raise DdjaxError(f"expert loss became {loss_E} at epoch {epoch + 1}; lower experts.lr")

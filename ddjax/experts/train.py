@@ -9,6 +9,11 @@ Faithful to the reference (mkdt.md §3): plain epochs over a fresh permutation, 
 ``batch_size`` with the last partial batch kept (its loss is the mean over its own samples),
 PyTorch SGD semantics (weight decay added to the gradient, momentum buffer started at the first
 gradient, which optax's trace reproduces), no augmentation (classic MTT experts may use DSA).
+
+Networks with BatchNorm (the evaluation's ResNet-10/18) carry a ``model_state``, the variable
+collections other than ``params`` (``{"batch_stats": ...}``), through the epoch: they run in train
+mode (batch statistics) and their running statistics update as PyTorch's ``model.train()`` does.
+Networks without such collections pass ``{}``.
 """
 
 from __future__ import annotations
@@ -20,15 +25,25 @@ import jax.numpy as jnp
 import optax
 
 Params = Any
-LossFn = Callable[[Params, jax.Array, jax.Array], jax.Array]
+ModelState = dict
+LossFn = Callable[[Params, ModelState, jax.Array, jax.Array], tuple[jax.Array, ModelState]]
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def apply_train(apply_fn: Callable, params, model_state: ModelState, images):
+    """The network's output in training mode and its updated ``model_state``: batch statistics
+    and updated running statistics when it has BatchNorm, a plain forward pass otherwise."""
+    if not model_state:
+        return apply_fn({"params": params}, images), model_state
+    return apply_fn({"params": params, **model_state}, images, train=True, mutable=list(model_state))
 
 
 def mse_loss_fn(apply_fn: Callable) -> LossFn:
     """Mean over batch × output dims of the squared error to target representations."""
 
-    def loss(params, images, targets):
-        return jnp.mean((apply_fn({"params": params}, images) - targets) ** 2)
+    def loss(params, model_state, images, targets):
+        out, model_state = apply_train(apply_fn, params, model_state, images)
+        return jnp.mean((out - targets) ** 2), model_state
 
     return loss
 
@@ -36,9 +51,9 @@ def mse_loss_fn(apply_fn: Callable) -> LossFn:
 def cross_entropy_loss_fn(apply_fn: Callable) -> LossFn:
     """Mean cross-entropy to integer labels."""
 
-    def loss(params, images, labels):
-        logits = apply_fn({"params": params}, images)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    def loss(params, model_state, images, labels):
+        logits, model_state = apply_train(apply_fn, params, model_state, images)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), model_state
 
     return loss
 
@@ -56,51 +71,53 @@ def epoch_permutations(keys_E: jax.Array, epoch: int, num_examples: int) -> jax.
 
 def make_epoch_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
                   augment: Augment | None = None):
-    """Build ``epoch(params_E, opt_E, images, targets, perm_EN, aug_keys_E) -> (params_E, opt_E, loss_E)``.
+    """Build ``epoch(params_E, state_E, opt_E, images, targets, perm_EN, aug_keys_E)
+    -> (params_E, state_E, opt_E, loss_E)``.
 
     ``images``/``targets`` are the whole training set (shared by all experts); ``perm_EN`` holds
     each expert's example order. ``augment(key, batch)`` (e.g. DSA for classic MTT experts) is
     applied to every minibatch with ``fold_in(aug_keys_E[e], step)``; None (MKDT) skips it and
-    ignores ``aug_keys_E``. ``loss_E`` is each expert's per-example mean loss over the epoch.
+    ignores ``aug_keys_E``. ``state_E`` is each network's ``model_state`` (``{}`` without
+    BatchNorm). ``loss_E`` is each expert's per-example mean loss over the epoch.
     """
 
-    def one_step(params, opt_state, images, targets, key):
+    def one_step(params, model_state, opt_state, images, targets, key):
         if augment is not None:
             images = augment(key, images)
-        loss, grads = jax.value_and_grad(loss_fn)(params, images, targets)
+        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, model_state, images, targets)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        return optax.apply_updates(params, updates), model_state, opt_state, loss
 
     step_E = jax.vmap(one_step)
 
     def gather(data, idx_EB):
         return jax.vmap(lambda idx: data[idx])(idx_EB)
 
-    def epoch(params_E, opt_E, images, targets, perm_EN, aug_keys_E):
+    def epoch(params_E, state_E, opt_E, images, targets, perm_EN, aug_keys_E):
         num_examples = perm_EN.shape[1]
         full = num_examples // batch_size
         body_idx = perm_EN[:, : full * batch_size].reshape(perm_EN.shape[0], full, batch_size)
         step_keys = lambda t: jax.vmap(lambda k: jax.random.fold_in(k, t))(aug_keys_E)
 
         def body(carry, inputs):
-            params, opt = carry
             t, idx_EB = inputs
-            params, opt, loss = step_E(params, opt, gather(images, idx_EB), gather(targets, idx_EB),
-                                       step_keys(t))
-            return (params, opt), loss
+            *carry, loss = step_E(*carry, gather(images, idx_EB), gather(targets, idx_EB),
+                                  step_keys(t))
+            return tuple(carry), loss
 
-        (params_E, opt_E), losses_TE = jax.lax.scan(
-            body, (params_E, opt_E), (jnp.arange(full), jnp.swapaxes(body_idx, 0, 1)))
+        (params_E, state_E, opt_E), losses_TE = jax.lax.scan(
+            body, (params_E, state_E, opt_E), (jnp.arange(full), jnp.swapaxes(body_idx, 0, 1)))
         total_E = losses_TE.sum(axis=0) * batch_size
         rest = num_examples - full * batch_size
         if rest:
             idx_EB = perm_EN[:, full * batch_size:]
-            params_E, opt_E, last_E = step_E(params_E, opt_E, gather(images, idx_EB),
-                                             gather(targets, idx_EB), step_keys(full))
+            params_E, state_E, opt_E, last_E = step_E(params_E, state_E, opt_E, gather(images, idx_EB),
+                                                      gather(targets, idx_EB), step_keys(full))
             total_E = total_E + last_E * rest
-        return params_E, opt_E, total_E / num_examples
+        return params_E, state_E, opt_E, total_E / num_examples
 
-    return jax.jit(epoch, donate_argnums=(0, 1))
+    return jax.jit(epoch, donate_argnums=(0, 1, 2))
 
 
 def per_example_mse(apply_fn: Callable, batch_size: int = 1000):

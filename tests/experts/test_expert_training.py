@@ -50,7 +50,7 @@ def test_epochs_equal_a_plain_torch_sgd_loop(setup):
                                  [epoch_permutations(data_keys, e, N)[1] for e in range(2)])
     opt = jax.vmap(optimizer.init)(params)
     for epoch in range(2):
-        params, opt, loss = epoch_fn(params, opt, images, targets, epoch_permutations(data_keys, epoch, N),
+        params, _, opt, loss = epoch_fn(params, {}, opt, images, targets, epoch_permutations(data_keys, epoch, N),
                                      aug_keys)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(jax.tree.map(lambda x: x[1], params))):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
@@ -69,7 +69,7 @@ def test_vmapped_expert_equals_the_same_expert_alone(setup, with_dsa):
         params = init(init_keys)
         opt = jax.vmap(optimizer.init)(params)
         for epoch in range(2):
-            params, opt, _ = epoch_fn(params, opt, images, targets, epoch_permutations(data_keys, epoch, N),
+            params, _, opt, _ = epoch_fn(params, {}, opt, images, targets, epoch_permutations(data_keys, epoch, N),
                                       aug_keys)
         return params
 
@@ -88,6 +88,6 @@ def test_epoch_loss_is_the_per_example_mean(setup):
     params = init(init_keys)
     expected = per_example_mse(model.apply, batch_size=7)(jax.tree.map(lambda x: x[0], params),
                                                           images, targets).mean()
-    _, _, loss = frozen(params, jax.vmap(optimizer.init)(params), images, targets,
+    _, _, _, loss = frozen(params, {}, jax.vmap(optimizer.init)(params), images, targets,
                         epoch_permutations(data_keys, 0, N), aug_keys)
     np.testing.assert_allclose(float(loss[0]), float(expected), rtol=1e-5)
