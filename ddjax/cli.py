@@ -70,6 +70,8 @@ STAGE_COMMANDS = (
      "MKDT: learn synthetic images, targets and lr by matching expert trajectories"),
     (("distill", "lgm"), "ddjax.distill.lgm_stage:run", "lgm",
      "LGM: distil images per class by linear gradient matching on frozen backbones"),
+    (("eval", "mkdt"), "ddjax.eval.mkdt_stage:run", "mkdt_eval",
+     "MKDT: pre-train fresh encoders on the distilled set and baselines, L-BFGS probes with few labels"),
     (("eval", "lgm"), "ddjax.eval.lgm_stage:run", "lgm_eval",
      "LGM: linear probes on the distilled sets and baselines, cross-model matrix, alignment"),
 )

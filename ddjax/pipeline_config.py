@@ -1,8 +1,8 @@
 """The MKDT pipeline's configuration at paper settings, built in one place.
 
 ``mkdt_config(dataset, percent)`` returns the full ``ConfigDict`` every MKDT stage reads
-(``data``, ``teacher``, ``represent``, ``model``, ``experts``, ``select``, ``distill``) with the
-reference's values (mkdt.md §2-§4.4). Files under ``experiments/`` call it and override what they
+(``data``, ``teacher``, ``represent``, ``model``, ``experts``, ``select``, ``distill``,
+``mkdt_eval``) with the reference's values (mkdt.md §2-§5). Files under ``experiments/`` call it and override what they
 change (tiny sizes for smoke tests, CPU-sized runs), so the paper's numbers live here once.
 """
 
@@ -116,4 +116,32 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
         "checkpoint_every": 10,
         "save_every": 1000,
     }, **PAPER_DISTILL[(dataset, percent)]))
+    # Evaluation (mkdt.md §5-§6): pre-train a fresh encoder on each set, probe its frozen features.
+    config.mkdt_eval = ml_collections.ConfigDict({
+        # Rows: 'mkdt' (this workdir's distilled set), 'random' / 'high_loss' (select's subsets of
+        # distill.percent), 'full' (the whole train split), 'no_pretrain' (a fixed random encoder).
+        "rows": ("no_pretrain", "random", "high_loss", "mkdt"),
+        # More distilled sets as 'name=path' (a workdir, its distill dir or a synsets/iter_* dir),
+        # e.g. 'mkdt_random_init=runs/c10_random_init' for the random-init ablation.
+        "extra_synsets": (),
+        "synset_iteration": -1,         # -1: the latest saved set; k: synsets/iter_k
+        "model": "",                    # empty: the student (config.model); e.g. 'resnet10'
+        "epochs": 20,
+        "batch_size": 256,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "subset_lr": 0.1,               # real subsets and full data; distilled sets use their lr
+        "downstream": ("cifar10", "cifar100", "tiny_imagenet", "aircraft", "cub", "dogs", "flowers"),
+        "allow_download": False,        # False: sets without a local copy are skipped, with the reason
+        "label_fractions": (0.01, 0.05),  # the paper's tables; 0.1 and 0.5 also appear
+        "seeds": (0, 1, 2),
+        "no_pretrain_seed": 0,          # the fixed random encoder of the 'no_pretrain' row
+        "probe_steps": 20,              # L-BFGS .step calls ([S] used 100)
+        "probe_max_iter": 20,
+        "probe_history": 100,
+        "probe_l2": 1e-3,
+        "bn_train_mode_features": True,  # the reference's train-mode train features (BatchNorm nets)
+        "feature_batch": 256,
+        "test_subset": 0,               # 0: the whole test split; n: a fixed random n (quick runs)
+    })
     return config

@@ -109,6 +109,28 @@ def _open(resolved: _Resolved, split: str):
         ) from e
 
 
+def local_unavailable_reason(
+    name: str, *, archive: PathLike | None = None, data_dir: PathLike | None = None
+) -> str | None:
+    """None when `name` is readable without a download (a local archive, a prepared archive, or
+    TFDS data already prepared in its data dir), else a one-line reason. Callers that must not
+    wait on a download (evaluation over many downstream sets) ask this first."""
+    try:
+        resolved = _resolve(name, archive, data_dir)
+    except DdjaxError as e:
+        return str(e)
+    if resolved.prepared is not None:
+        return None
+    spec = resolved.spec
+    try:
+        if tfds.builder(spec.tfds_name, data_dir=resolved.tfds_data_dir).is_prepared():
+            return None
+    except Exception as e:  # TFDS cannot even describe it (unknown builder, TF missing)
+        return f"TFDS cannot open {spec.tfds_name}: {type(e).__name__}: {e}"[:300]
+    return (f"no local copy of {name}: no archive ({describe_search(name)}) and TFDS has not "
+            f"prepared {spec.tfds_name} in {resolved.tfds_data_dir or 'its default data dir'}")
+
+
 def open_split(
     name: str, split: str, *, archive: PathLike | None = None, data_dir: PathLike | None = None
 ):
