@@ -33,6 +33,16 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def write_json_atomic(path: str | Path, value: Any, *, sort_keys: bool = False) -> None:
+    """Write ``value`` as indented JSON through a temporary file and a rename, so a reader never
+    sees half a file (results that a rerun trusts, store metadata)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable(value), indent=2, sort_keys=sort_keys) + "\n")
+    tmp.replace(path)
+
+
 class MetricsLog:
     """Appends one JSON object per call to ``<directory>/metrics.jsonl``."""
 

@@ -36,7 +36,7 @@ from ddjax.eval.lgm_alignment import mutual_knn_alignment
 from ddjax.eval.lgm_baselines import centroid_indices, neighbor_indices, random_real_indices
 from ddjax.eval.lgm_probe import (embed_images, make_embedder, probe_lr, topk_accuracy,
                                   train_probes)
-from ddjax.runlog import print_summary
+from ddjax.runlog import print_summary, write_json_atomic
 from ddjax.stage import Stage
 
 SECTIONS = ("seed", "data", "lgm", "lgm_eval")
@@ -198,7 +198,7 @@ def evaluate_set(ws: Workspace, name: str, entry: dict, tag: str) -> dict:
                      {"set": name, "eval_backbone": tag, "group": entry["group"],
                       "source": entry["source"], "num_images": int(len(labels)),
                       "seconds": round(time.perf_counter() - started, 2)})
-    _write_json(path, result)
+    write_json_atomic(path, result)
     return result
 
 
@@ -228,7 +228,7 @@ def evaluate_full(ws: Workspace, tag: str) -> dict:
                      {"set": "full", "eval_backbone": tag, "group": "full", "source": None,
                       "num_images": int(len(keep)), "augment": bool(ev.full_augment),
                       "seconds": round(time.perf_counter() - started, 2)})
-    _write_json(path, result)
+    write_json_atomic(path, result)
     return result
 
 
@@ -246,15 +246,8 @@ def alignment_matrix(ws: Workspace) -> dict:
     k = min(ws.ev.alignment_k, count - 1)
     matrix = {a: {b: mutual_knn_alignment(features[a], features[b], k) for b in tags} for a in tags}
     saved = {"tags": tags, "k": k, "images": int(count), "matrix": matrix}
-    _write_json(path, saved)
+    write_json_atomic(path, saved)
     return saved
-
-
-def _write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def run(stage: Stage) -> dict:
@@ -274,7 +267,7 @@ def run(stage: Stage) -> dict:
     text = lgm_tables.render(report)
     print(text, flush=True)
     (stage.directory / "tables.md").write_text(text + "\n")
-    _write_json(stage.directory / "results.json", report)
+    write_json_atomic(stage.directory / "results.json", report)
     same = {tag: report["main"].get("lgm", {}).get(tag) for tag in ws.eval_tags}
     return print_summary("eval lgm", stage.workdir,
                          {"results": stage.directory / "results.json",

@@ -44,7 +44,7 @@ from ddjax.eval.mkdt_pretrain import features, init_encoders, pretrain, seed_key
 from ddjax.experts.inputs import load_targets, student_inputs, student_model
 from ddjax.models import build_model
 from ddjax.models.registry import REPRESENTATION_DIM
-from ddjax.runlog import print_summary
+from ddjax.runlog import print_summary, write_json_atomic
 from ddjax.stage import Stage
 
 SECTIONS = ("seed", "data", "model", "experts", "select", "distill", "mkdt_eval")
@@ -224,7 +224,7 @@ def _encoders(ws: Workspace, row: str, model, image_size):
     record = {"source": data.source, "lr": data.lr, "num_images": int(len(data.images)),
               "final_loss": loss.tolist(), "seconds": round(time.perf_counter() - started, 1)}
     save_pytree(path, {"params": params, **({"model_state": state} if state else {})})
-    _write_json(record_path, record)
+    write_json_atomic(record_path, record)
     return params, state, record
 
 
@@ -255,13 +255,6 @@ def evaluate(ws: Workspace, row: str, dataset: str, model, encoders) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def _write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def run(stage: Stage) -> dict:
     check_config(stage.config)
     started = time.perf_counter()
@@ -280,7 +273,7 @@ def run(stage: Stage) -> dict:
         for dataset in datasets:
             if dataset in todo:
                 result = evaluate(ws, row, dataset, model, encoders)
-                _write_json(paths[dataset], result)
+                write_json_atomic(paths[dataset], result)
                 stage.metrics.write(len(results), row=row, dataset=dataset,
                                     accuracy=result["accuracy"])
             results.append(json.loads(paths[dataset].read_text()))
@@ -289,7 +282,7 @@ def run(stage: Stage) -> dict:
     text = mkdt_tables.render(report)
     print(text, flush=True)
     (stage.directory / "tables.md").write_text(text + "\n")
-    _write_json(stage.directory / "results.json", report)
+    write_json_atomic(stage.directory / "results.json", report)
     own = stage.config.data.name
     headline = {row: {k: t.get(row, {}).get(own, {}).get("mean") for k, t in report["tables"].items()}
                 for row in ws.rows}

@@ -23,18 +23,13 @@ from typing import Any
 
 from ddjax.checkpoint import load_pytree, save_pytree
 from ddjax.errors import DdjaxError
+from ddjax.runlog import write_json_atomic
 
 STORE_FILE_NAME = "store.json"
 _EXPERT_DIR = re.compile(r"expert_(\d{4,})$")
 
 # Fields that must agree between a store and whoever reads or extends it.
 IDENTITY_FIELDS = ("dataset", "model", "model_kwargs", "loss", "num_params", "normalisation")
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 class TrajectoryStore:
@@ -53,7 +48,7 @@ class TrajectoryStore:
             store.check_compatible(meta)
             return store
         root.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(root / STORE_FILE_NAME, meta)
+        write_json_atomic(root / STORE_FILE_NAME, meta, sort_keys=True)
         return cls(root, meta)
 
     @classmethod
@@ -91,7 +86,7 @@ class TrajectoryStore:
         return load_pytree(self._epoch_dir(expert, epoch), template)
 
     def mark_complete(self, expert: int, summary: dict) -> None:
-        _write_json_atomic(self.root / f"expert_{expert:04d}" / "done.json", summary)
+        write_json_atomic(self.root / f"expert_{expert:04d}" / "done.json", summary, sort_keys=True)
 
     def complete_experts(self) -> list[int]:
         """Indices of experts whose every kept epoch is written, ascending."""
