@@ -93,7 +93,9 @@ def record_config(directory: Path, config: ml_collections.ConfigDict) -> None:
     """Write the resolved config into ``directory``, or check it against the one already there.
 
     A rerun in the same directory resumes, so its config must be the one the run started with;
-    a mismatch is an error naming the differing fields rather than a silent overwrite.
+    a mismatch is an error naming the differing fields rather than a silent overwrite. Fields
+    the record lacks (added to ddjax after the run started; new fields default to the old
+    behaviour) are accepted and added to the record.
     """
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / CONFIG_FILE_NAME
@@ -106,16 +108,22 @@ def record_config(directory: Path, config: ml_collections.ConfigDict) -> None:
                 f"{target} was written by a run with different settings ({', '.join(changed)}); "
                 "use a new --workdir, or rerun with the original settings to resume"
             )
-        return
+        if previous == current:
+            return
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
     tmp.replace(target)
 
 
+_ABSENT = object()
+
+
 def _differences(old, new, prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ; a field only ``new`` has is not a difference."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+            if key in old:
+                out += _differences(old[key], new.get(key, _ABSENT), f"{prefix}{key}.")
         return out
     return [] if old == new else [prefix.rstrip(".")]

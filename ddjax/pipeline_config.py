@@ -78,7 +78,9 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
         "init": "torch",                # PyTorch's default init: trajectories and the lr depend on it
     })
     config.experts = ml_collections.ConfigDict({
-        "loss": "mse",                  # 'mse': KD to teacher representations (MKDT); 'ce': labels (MTT)
+        # 'mse': KD to teacher representations (MKDT); 'ce': labels (MTT); 'barlow_twins': SSL on two
+        # DSA views of each minibatch, no targets (the naive MTT-SSL baseline, MKDT's Appendix F)
+        "loss": "mse",
         "representations": "",          # empty: <workdir>/represent/representations
         "num_experts": 100,
         "epochs": 20,
@@ -91,14 +93,19 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
         "zca": False,                   # ZCA-whiten the inputs (classic MTT option; MKDT: off)
         "zca_eps": 0.1,                 # kornia's / MTT's regularisation
         "dsa": False,                   # DSA on every minibatch (classic MTT experts; MKDT: off)
-        "dsa_strategy": "color_crop_cutout_flip_scale_rotate",
+        "dsa_strategy": "color_crop_cutout_flip_scale_rotate",  # also the Barlow Twins views' groups
+        "ssl_lambda": 0.0051,           # Barlow Twins off-diagonal weight (the BT paper's; loss scale 1)
+        "ssl_output_dim": 512,          # Barlow Twins experts: the student's head size (no targets)
+        "ssl_dsa_mode": "M",            # Barlow Twins views: 'M' composes every DSA group; 'S' one per view
     })
     config.select = ml_collections.ConfigDict({
         "percents": (2, 5),             # subset sizes, % of the train split; smaller ones nest
         "epoch": 1,                     # the experts' checkpoint that scores examples
     })
     config.distill = ml_collections.ConfigDict(dict({
-        "mode": "mkdt",                 # 'mkdt': MSE to learnable targets; 'mtt': CE to fixed labels
+        # 'mkdt': MSE to learnable targets; 'mtt': CE to fixed labels; 'mtt_ssl': the experts' Barlow
+        # Twins on two DSA views of each synthetic minibatch (no targets; experts.loss='barlow_twins')
+        "mode": "mkdt",
         "init": "high_loss",            # 'high_loss' | 'random' (select outputs) | path to .npy indices
         "percent": percent,             # which select/<init>_<percent>pct.npy
         "num_syn": 0,                   # expected synthetic set size; 0: the init file's size
@@ -111,7 +118,8 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
         "clip_grad_norm": 0.0,          # >0: clip each learnable's meta-gradient norm (option)
         "inner_dtype": "float32",       # 'bfloat16': inner loop in bf16 (option)
         "remat": True,                  # jax.checkpoint the unrolled step (memory flat in syn_steps)
-        "dsa": False,                   # DSA on every inner minibatch (classic MTT; MKDT: off, §4.7)
+        "dsa": False,                   # DSA on every inner minibatch (classic MTT; MKDT: off, §4.7;
+                                        # mtt_ssl: must stay off, its views are the experts' DSA)
         "dsa_strategy": "color_crop_cutout_flip_scale_rotate",
         "checkpoint_every": 10,
         "save_every": 1000,

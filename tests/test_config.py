@@ -64,6 +64,17 @@ def test_record_config_writes_once_and_rejects_changed_reruns(config_file, tmp_p
     assert json.loads((run_dir / "config.json").read_text())["data"]["fraction"] == 0.5
 
 
+def test_fields_newer_than_the_record_are_accepted_and_recorded(config_file, tmp_path):
+    run_dir = tmp_path / "run"
+    record_config(run_dir, load_config(config_file))
+    newer = load_config(config_file)
+    newer.data.added_later = 3
+    record_config(run_dir, newer)  # a run recorded before the field existed still resumes
+    assert json.loads((run_dir / "config.json").read_text())["data"]["added_later"] == 3
+    with pytest.raises(DdjaxError, match="data.added_later"):
+        record_config(run_dir, load_config(config_file))  # now recorded: removing it is a change
+
+
 def test_file_argument_selects_a_setting(tmp_path):
     path = tmp_path / "multi.py"
     path.write_text("import ml_collections\n\ndef get_config(arg='a'):\n"

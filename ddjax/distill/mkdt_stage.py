@@ -9,6 +9,17 @@ fixed labels, experts trained with ``experts.loss = 'ce'``; ``distill.dsa`` augm
 minibatch with DSA as MTT does, ``experts.zca`` whitens as its option); ``experts_per_step > 1`` matches
 several experts per step and averages their meta-gradients (an option; the reference uses 1).
 
+``distill.mode = 'mtt_ssl'`` is the naive MTT-SSL baseline of MKDT's Appendix F (no reference code;
+the paper reports that it fails: the matching loss barely decreases and the images barely move).
+The experts are trained with ``experts.loss = 'barlow_twins'``; each inner step trains the student
+with the same Barlow Twins loss on two fresh DSA views of its synthetic minibatch (the experts'
+augmentation and lambda, read from the store), differentiated through. Images and the lr are
+learned; there are no targets (the saved set's ``targets`` are the class labels of the real
+images it started from, for reference only; ``synset.json`` has ``mode`` and the experts' ``ssl``
+settings, which an evaluation must use to pre-train on it). The initial set comes
+from ``distill.init`` as in the other modes; ``select high-loss`` scores KD experts only, so use
+``random`` (``ddjax select random``) or a path.
+
 Artifacts: ``<workdir>/distill/synsets/iter_NNNNNN/`` after NNNNNN updates (0, every
 ``save_every``, and the last). The reference's ``images_5000.pt`` holds the state after 4999
 updates; ours is named by the updates it has seen.
@@ -24,20 +35,21 @@ import numpy as np
 
 from ddjax.checkpoint import RunCheckpointer, numpy_rng_from_state, numpy_rng_state
 from ddjax.data.transforms import denormalize, zca_digest, zca_unwhiten
-from ddjax.distill.mtt import (make_meta_loss, make_outer_step, masked_cross_entropy, masked_mse,
-                               outer_optimizer)
+from ddjax.distill.mtt import (make_meta_loss, make_outer_step, masked_barlow_twins,
+                               masked_cross_entropy, masked_mse, outer_optimizer)
 from ddjax.distill.sampling import ExpertCycle, SyntheticBatches
 from ddjax.distill.synset_io import write_synset
 from ddjax.errors import DdjaxError
 from ddjax.experts.inputs import load_targets, student_inputs, student_model
-from ddjax.experts.stage import dsa_augment_fn
+from ddjax.experts.stage import dsa_augment_fn, ssl_settings, ssl_views_fn
 from ddjax.experts.store import TrajectoryStore
 from ddjax.models import has_batch_stats
 from ddjax.runlog import print_summary, progress
 from ddjax.stage import Stage
 
 SECTIONS = ("seed", "data", "model", "experts", "select", "distill")
-_MODES = {"mkdt": ("mse", masked_mse), "mtt": ("ce", masked_cross_entropy)}
+# The expert loss each mode matches: its experts must have been trained with it.
+_MODES = {"mkdt": "mse", "mtt": "ce", "mtt_ssl": "barlow_twins"}
 
 
 def init_indices(stage: Stage) -> np.ndarray:
@@ -57,8 +69,26 @@ def init_indices(stage: Stage) -> np.ndarray:
     return indices
 
 
-def _check_store(store: TrajectoryStore, stage: Stage, spec, loss: str, zca) -> list[int]:
+def inner_objective(mode: str, apply_fn, section, ssl: dict | None):
+    """``(inner_loss, augment)`` of a distillation mode: MKDT's MSE and MTT's cross-entropy with
+    ``distill.dsa`` as ``section`` asks, MTT-SSL's Barlow Twins with the experts' two views."""
+    if mode == "mtt_ssl":
+        return masked_barlow_twins(apply_fn, ssl["lambda"]), ssl_views_fn(ssl)
+    inner = masked_mse if mode == "mkdt" else masked_cross_entropy
+    return inner(apply_fn), dsa_augment_fn(section)
+
+
+def _check_store(store: TrajectoryStore, stage: Stage, spec, zca) -> list[int]:
     d = stage.config.distill
+    loss = _MODES[d.mode]
+    if store.meta.get("loss") != loss:
+        raise DdjaxError(f"distill.mode={d.mode!r} matches experts trained with experts.loss={loss!r}, but "
+                         f"the store at {store.root} holds {store.meta.get('loss')!r} experts; train "
+                         "matching experts in another --workdir or pick the mode of these")
+    if store.meta.get("ssl") != ssl_settings(stage.config.experts):
+        raise DdjaxError(f"the experts in {store.root} were trained with SSL settings {store.meta.get('ssl')} "
+                         f"but this config's experts section gives {ssl_settings(stage.config.experts)}; "
+                         "use the experts settings the store was trained with")
     store.check_compatible({"dataset": spec.name, "model": stage.config.model.name, "loss": loss,
                             "normalisation": {"mean": list(spec.mean), "std": list(spec.std),
                                               "zca": zca_digest(zca) if zca is not None else None}})
@@ -89,35 +119,40 @@ def check_config(config) -> None:
            d.checkpoint_every, d.save_every) < 1 or d.iterations < 0:
         raise DdjaxError("distill.max_start_epoch, syn_steps, experts_per_step, batch_syn, expert_epochs, "
                          "checkpoint_every and save_every must be >= 1, iterations >= 0")
+    if d.mode == "mtt_ssl" and d.dsa:
+        raise DdjaxError("distill.mode='mtt_ssl' augments every inner minibatch with the experts' two "
+                         "DSA views already; leave distill.dsa False")
     if d.inner_dtype not in ("float32", "bfloat16", "float16"):
         raise DdjaxError(f"distill.inner_dtype must be float32, bfloat16 or float16, got {d.inner_dtype!r}")
 
 
 def run(stage: Stage) -> dict:
     cfg, d = stage.config, stage.config.distill
-    store_loss, make_inner = _MODES[d.mode]
     images, labels, spec, zca = student_inputs(stage)
     indices = init_indices(stage)
     store = TrajectoryStore.open(stage.sibling("experts") / "trajectories")
-    experts = _check_store(store, stage, spec, store_loss, zca)
-    num_outputs = store.meta["num_outputs"]
+    experts = _check_store(store, stage, spec, zca)
+    num_outputs, ssl = store.meta["num_outputs"], store.meta.get("ssl")
     if d.mode == "mkdt":
         targets_all, _ = load_targets(stage, labels)
-    else:  # one-hot rows: cross-entropy to them is the reference's hard-label loss
+    elif d.mode == "mtt":  # one-hot rows: cross-entropy to them is the reference's hard-label loss
         targets_all = np.eye(num_outputs, dtype=np.float32)[labels]
+    else:  # mtt_ssl: no targets; the saved sets record the initial images' labels instead
+        targets_all = None
     model = student_model(cfg, num_outputs, images.shape[1:3])
     if has_batch_stats(model, images.shape[1:3]):
         raise DdjaxError("distillation needs a student without BatchNorm (padded synthetic batches)")
 
-    syn = {"images": jnp.asarray(images[indices]), "targets": jnp.asarray(targets_all[indices]),
-           "lr": jnp.asarray(d.lr_init, jnp.float32)}
+    syn = {"images": jnp.asarray(images[indices]), "lr": jnp.asarray(d.lr_init, jnp.float32)}
+    if targets_all is not None:
+        syn["targets"] = jnp.asarray(targets_all[indices])
     init_images = syn["images"]
     optimizer = outer_optimizer(d.lr_images, d.lr_targets if d.mode == "mkdt" else 0.0, d.lr_lr,
                                 clip_norm=d.clip_grad_norm)
     opt_state = optimizer.init(syn)
     inner_dtype = None if d.inner_dtype == "float32" else jnp.dtype(d.inner_dtype)
-    meta_loss = make_meta_loss(make_inner(model.apply), remat=d.remat, inner_dtype=inner_dtype,
-                               augment=dsa_augment_fn(d))
+    inner_loss, augment = inner_objective(d.mode, model.apply, d, ssl)
+    meta_loss = make_meta_loss(inner_loss, remat=d.remat, inner_dtype=inner_dtype, augment=augment)
     step_fn = make_outer_step(meta_loss, optimizer)
     aug_base = jax.random.fold_in(jax.random.key(cfg.seed), 1)
 
@@ -135,11 +170,12 @@ def run(stage: Stage) -> dict:
         def save_synset(k):
             pixels = syn["images"] if zca is None else zca_unwhiten(syn["images"], zca)
             write_synset(stage.directory / "synsets" / f"iter_{k:06d}", syn["images"],
-                         denormalize(np.asarray(pixels), spec.mean, spec.std), syn["targets"], syn["lr"], {
+                         denormalize(np.asarray(pixels), spec.mean, spec.std),
+                         syn["targets"] if "targets" in syn else labels[indices], syn["lr"], {
                              "dataset": spec.name, "mean": list(spec.mean), "std": list(spec.std),
                              "zca": zca_digest(zca) if zca is not None else None, "iteration": k,
                              "mode": d.mode, "model": cfg.model.name, "model_kwargs": cfg.model.to_dict(),
-                             "num_outputs": num_outputs, "init": d.init,
+                             "num_outputs": num_outputs, "ssl": ssl, "init": d.init,
                              "init_indices": np.asarray(indices).tolist(), "lr": float(syn["lr"])})
 
         if iteration == 0:

@@ -12,6 +12,11 @@ Synthetic minibatches have the reference's sizes (the remainder chunk of a permu
 first and is smaller), so every step's batch is padded to ``batch_syn`` with a 0/1 mask and the
 inner loss is the mean over the real members only. Padding is exact for students without
 cross-sample statistics (instance norm, no norm); BatchNorm students are refused upstream.
+
+The naive MTT-SSL baseline (MKDT's Appendix F) reuses all of this with another inner loss:
+``masked_barlow_twins`` with the experts' two-view augmentation as the ``augment`` hook, so each
+inner step trains on two fresh DSA views of its minibatch (keys ``fold_in(aug_key, s)``, as for
+classic MTT's DSA) and the meta-gradient flows through the augmentation to the images.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+
+from ddjax.experts.train import barlow_twins_of_views
+from ddjax.ssl.losses import BARLOW_TWINS_LAMBDA
 
 Params = Any
 InnerLoss = Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -49,30 +57,45 @@ def masked_cross_entropy(apply_fn: Callable) -> InnerLoss:
     return loss
 
 
-def unroll(inner_loss: InnerLoss, params0: Params, images: jax.Array, targets: jax.Array,
+def masked_barlow_twins(apply_fn: Callable, lambd: float = BARLOW_TWINS_LAMBDA) -> InnerLoss:
+    """MTT-SSL's inner loss: the Barlow Twins expert loss (``ddjax.experts.train``) on the two
+    views ``[2, B, H, W, C]`` that the experts' ``two_views`` augmentation made of the minibatch,
+    with padded members left out of the batch statistics. There are no targets (the unroll
+    passes None)."""
+
+    def loss(params, views_2B, targets, mask):
+        del targets
+        return barlow_twins_of_views(apply_fn, params, {}, views_2B, lambd, mask)[0]
+
+    return loss
+
+
+def unroll(inner_loss: InnerLoss, params0: Params, images: jax.Array, targets: jax.Array | None,
            lr: jax.Array, batch_idx_SB: jax.Array, mask_SB: jax.Array, *,
            remat: bool = True, inner_dtype=None, augment: Augment | None = None,
            aug_key: jax.Array | None = None) -> Params:
     """``θ_N`` after ``S = len(batch_idx_SB)`` steps ``θ ← θ − lr·∇L(θ; X[idx], Y[idx])``.
 
+    ``targets`` None (MTT-SSL) passes None to the inner loss.
     ``inner_dtype`` (e.g. ``jnp.bfloat16``) computes each inner forward/backward in that dtype
     while the parameters stay float32; None keeps float32 throughout (the reference).
-    ``augment(key, x)`` (DSA in classic MTT) transforms step s's minibatch with
-    ``fold_in(aug_key, s)``; MKDT uses none.
+    ``augment(key, x)`` (DSA in classic MTT; the two-view pair in MTT-SSL) transforms step s's
+    minibatch with ``fold_in(aug_key, s)`` and the inner loss receives what it returns; MKDT uses none.
     """
     grad_fn = jax.grad(inner_loss)
     steps = jnp.arange(batch_idx_SB.shape[0])
 
     def step(params, batch):
         idx, mask, s = batch
-        x, y = images[idx], targets[idx]
+        x, y = images[idx], None if targets is None else targets[idx]
         if augment is not None:
             x = augment(jax.random.fold_in(aug_key, s), x)
         if inner_dtype is None:
             grads = grad_fn(params, x, y, mask)
         else:
             low = jax.tree.map(lambda p: p.astype(inner_dtype), params)
-            grads = grad_fn(low, x.astype(inner_dtype), y.astype(inner_dtype), mask.astype(inner_dtype))
+            grads = grad_fn(low, x.astype(inner_dtype), None if y is None else y.astype(inner_dtype),
+                            mask.astype(inner_dtype))
         return jax.tree.map(lambda p, g: p - lr * g.astype(p.dtype), params, grads), None
 
     params_N, _ = jax.lax.scan(jax.checkpoint(step) if remat else step, params0,
@@ -92,10 +115,11 @@ def match_loss(params_N: Params, params_start: Params, params_target: Params) ->
 
 def make_meta_loss(inner_loss: InnerLoss, *, remat: bool = True, inner_dtype=None,
                    augment: Augment | None = None):
-    """``meta_loss(syn, start, target, idx_SB, mask_SB, aug_key)``; ``syn`` = {images, targets, lr}."""
+    """``meta_loss(syn, start, target, idx_SB, mask_SB, aug_key)``; ``syn`` = {images, targets, lr},
+    without ``targets`` for inner losses that have none (MTT-SSL)."""
 
     def meta_loss(syn, params_start, params_target, batch_idx_SB, mask_SB, aug_key=None):
-        params_N = unroll(inner_loss, params_start, syn["images"], syn["targets"], syn["lr"],
+        params_N = unroll(inner_loss, params_start, syn["images"], syn.get("targets"), syn["lr"],
                           batch_idx_SB, mask_SB, remat=remat, inner_dtype=inner_dtype,
                           augment=augment, aug_key=aug_key)
         return match_loss(params_N, params_start, params_target)
@@ -117,8 +141,10 @@ def outer_optimizer(lr_images: float, lr_targets: float, lr_lr: float, momentum:
         step = optax.sgd(lr, momentum=momentum)
         return optax.chain(optax.clip_by_global_norm(clip_norm), step) if clip_norm else step
 
+    # Labels from the learnables present: a synthetic set without targets (MTT-SSL) leaves the
+    # targets' transform unused.
     return optax.multi_transform({"images": sgd(lr_images), "targets": sgd(lr_targets), "lr": sgd(lr_lr)},
-                                 {"images": "images", "targets": "targets", "lr": "lr"})
+                                 lambda syn: {name: name for name in syn})
 
 
 def make_outer_step(meta_loss: Callable, optimizer: optax.GradientTransformation):

@@ -4,10 +4,13 @@ Pre-training (mkdt.md §5.1): a fresh encoder regresses the set's targets (learn
 distilled set, teacher representations of a real subset) by MSE, mean over batch x dims, with
 PyTorch SGD (momentum 0.9, weight decay 1e-4, constant lr), batches of 256 from a fresh shuffle
 every epoch with the last partial batch kept, 20 epochs, no augmentation. Several seeds train
-at once in one vmapped program (``ddjax.experts.train.make_epoch_fn``).
+at once in one vmapped program (``ddjax.experts.train.make_epoch_fn``). Sets of the naive MTT-SSL
+baseline have no targets: they pre-train with their experts' objective (Barlow Twins on two DSA
+views), the natural reading of MKDT's Appendix F, which has no code.
 
 Seed ``s`` initialises its encoder from ``fold_in(key(s), 0)`` and orders its data from
-``fold_in(key(s), 1)``; every pre-training set shares these keys, so rows of a results table
+``fold_in(key(s), 1)`` (views of MTT-SSL sets from ``fold_in(key(s), 3)``, then epoch and
+step); every pre-training set shares these keys, so rows of a results table
 differ only in their data (the reference seeds its encoders from the clock, mkdt.md §10.19).
 
 Features (§5.2): the flattened trunk output, raw. BatchNorm networks (ResNet-10/18) give test
@@ -33,7 +36,8 @@ Prepare = Callable[[np.ndarray], np.ndarray]
 
 
 def seed_keys(seeds, purpose: int) -> jax.Array:
-    """``[S]`` keys ``fold_in(key(seed), purpose)``: 0 encoder init, 1 data order, 2 probe init."""
+    """``[S]`` keys ``fold_in(key(seed), purpose)``: 0 encoder init, 1 data order, 2 probe init,
+    3 pre-training augmentation (MTT-SSL sets)."""
     return jnp.stack([jax.random.fold_in(jax.random.key(int(s)), purpose) for s in seeds])
 
 
@@ -47,22 +51,32 @@ def init_encoders(model, keys: jax.Array, image_size) -> tuple[dict, dict]:
 
 def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, order_keys: jax.Array,
              *, lr: float, epochs: int, batch_size: int, momentum: float, weight_decay: float,
+             objective: tuple | None = None, aug_keys: jax.Array | None = None,
              desc: str | None = None) -> tuple[dict, dict, np.ndarray]:
     """Train every seed's encoder ``epochs`` epochs on ``(images, targets)``; returns the
-    parameters, model states and each seed's last-epoch mean loss ``[S]``. The arrays of
+    parameters, model states and each seed's last-epoch mean loss ``[S]``. ``objective`` is a
+    ``(loss_fn, augment)`` pair for ``make_epoch_fn`` (MTT-SSL sets: Barlow Twins on two views,
+    drawn from ``aug_keys [S]``); None is MKDT's MSE without augmentation. The arrays of
     ``params`` and ``state`` are donated to the training program: do not read them afterwards."""
     optimizer = torch_sgd(lr, momentum, weight_decay)
     n = len(images)
-    epoch_fn = make_epoch_fn(mse_loss_fn(model.apply), optimizer, min(batch_size, n))
+    loss_fn, augment = objective or (mse_loss_fn(model.apply), None)
+    epoch_fn = make_epoch_fn(loss_fn, optimizer, min(batch_size, n), augment)
     opt_state = jax.vmap(optimizer.init)(params)
     images, targets = jnp.asarray(images, jnp.float32), jnp.asarray(targets, jnp.float32)
     loss = np.full(order_keys.shape[0], np.nan)
-    epochs_iter = range(epochs)
-    for epoch in progress(epochs_iter, desc=desc) if desc else epochs_iter:
+    bar = progress(total=epochs, desc=desc or "pre-train")
+    for epoch in range(epochs):
         perms = epoch_permutations(order_keys, epoch, n)
+        epoch_aug = order_keys if aug_keys is None else jax.vmap(
+            lambda k: jax.random.fold_in(k, epoch))(aug_keys)
         params, state, opt_state, loss = epoch_fn(params, state, opt_state, images, targets, perms,
-                                                  order_keys)
-    return params, state, np.asarray(loss)
+                                                  epoch_aug)
+        loss = np.asarray(loss)  # waits for the epoch, so the progress bar's ETA is true
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.mean():.4g}")
+    bar.close()
+    return params, state, loss
 
 
 @functools.lru_cache(maxsize=16)

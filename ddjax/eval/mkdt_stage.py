@@ -7,7 +7,8 @@ Rows (``mkdt_eval.rows`` and ``extra_synsets``):
   ``high_loss``    the whole train split (``full``), regressing the teacher's representations at
   ``full``         ``subset_lr`` (0.1): the reference pre-trains every baseline by KD;
   ``no_pretrain``  one fixed random encoder (seed ``no_pretrain_seed``) for every probe seed;
-  ``<name>``       each ``name=path`` of ``extra_synsets`` (e.g. the random-init ablation).
+  ``<name>``       each ``name=path`` of ``extra_synsets`` (e.g. the random-init ablation, or
+                   an MTT-SSL set, pre-trained with its experts' Barlow Twins objective).
 Every seed pre-trains its own encoder (all seeds in one vmapped program, once per row and shared
 by the downstream datasets: the reference re-draws its clock-seeded encoder per dataset, which
 changes no expectation), then, per downstream dataset and label fraction, draws its labelled
@@ -42,6 +43,8 @@ from ddjax.eval import mkdt_tables
 from ddjax.eval.lbfgs_probe import fit_probes, probe_accuracy
 from ddjax.eval.mkdt_pretrain import features, init_encoders, pretrain, seed_keys
 from ddjax.experts.inputs import load_targets, student_inputs, student_model
+from ddjax.experts.stage import ssl_views_fn
+from ddjax.experts.train import barlow_twins_loss_fn
 from ddjax.models import build_model
 from ddjax.models.registry import REPRESENTATION_DIM
 from ddjax.runlog import print_summary, write_json_atomic
@@ -85,12 +88,19 @@ def check_config(config) -> None:
 
 @dataclasses.dataclass
 class PretrainSet:
-    """What one row pre-trains on: normalised images, regression targets, the SGD lr."""
+    """What one row pre-trains on: normalised images, regression targets, the SGD lr; MTT-SSL
+    sets have zero-width targets and the Barlow Twins settings of their experts (``ssl``)."""
 
     images: np.ndarray
     targets: np.ndarray
     lr: float
     source: str
+    ssl: dict | None = None
+    ssl_outputs: int = 0  # MTT-SSL sets: the head size their experts had
+
+    @property
+    def num_outputs(self) -> int:
+        return self.ssl_outputs or self.targets.shape[1]
 
 
 def synset_dir(path: Path, iteration: int) -> Path:
@@ -131,17 +141,21 @@ class Workspace:
             if zca is not None:
                 raise DdjaxError("MKDT evaluation pre-trains on unwhitened images; "
                                  "this config sets experts.zca")
+            if self.stage.config.experts.loss != "mse":
+                raise DdjaxError("the random, high_loss and full rows pre-train by KD to teacher "
+                                 f"representations, but experts.loss is {self.stage.config.experts.loss!r} "
+                                 "here; evaluate those rows with an MKDT (mse) config")
             self._train = images, load_targets(self.stage, labels)[0]
         return self._train
 
     def pretrain_set(self, row: str) -> PretrainSet:
         cfg, ev = self.stage.config, self.ev
         if row in ("random", "high_loss"):
+            images, targets = self.train_data()
             path = self.stage.sibling("select") / f"{row}_{cfg.distill.percent:g}pct.npy"
             if not path.exists():
                 raise DdjaxError(f"no {row} subset at {path}; run `ddjax select "
                                  f"{row.replace('_', '-')}` with this --config and --workdir first")
-            images, targets = self.train_data()
             idx = np.load(path)
             return PretrainSet(images[idx], targets[idx], ev.subset_lr, str(path))
         if row == "full":
@@ -150,14 +164,19 @@ class Workspace:
         base = self.extra.get(row, self.stage.sibling("distill"))
         directory = synset_dir(base, ev.synset_iteration if row == "mkdt" else -1)
         arrays, meta = read_synset(directory)
-        if meta.get("zca") or np.ndim(arrays["targets"]) != 2:
-            raise DdjaxError(f"{directory} was distilled in mode {meta.get('mode')!r} (labels or "
-                             "ZCA); MKDT evaluation needs target representations without ZCA")
+        mode = meta.get("mode", "mkdt")
+        if meta.get("zca") or mode not in ("mkdt", "mtt_ssl"):
+            raise DdjaxError(f"{directory} was distilled in mode {mode!r}"
+                             f"{' with ZCA' if meta.get('zca') else ''}; MKDT evaluation pre-trains "
+                             "on unwhitened 'mkdt' (targets) or 'mtt_ssl' (Barlow Twins) sets")
         if meta.get("dataset") != cfg.data.name:
             raise DdjaxError(f"{directory} distils {meta.get('dataset')!r} but data.name is "
                              f"{cfg.data.name!r}; evaluate it with its own config")
-        return PretrainSet(np.asarray(arrays["images"]), np.asarray(arrays["targets"]),
-                           float(arrays["lr"]), str(directory))
+        images = np.asarray(arrays["images"])
+        if mode == "mtt_ssl":
+            return PretrainSet(images, np.zeros((len(images), 0), np.float32), float(arrays["lr"]),
+                               str(directory), ssl=meta["ssl"], ssl_outputs=meta["num_outputs"])
+        return PretrainSet(images, np.asarray(arrays["targets"]), float(arrays["lr"]), str(directory))
 
     def downstream(self, name: str):
         """``(train uint8, train labels, test uint8, test labels, spec)`` of a downstream set."""
@@ -211,17 +230,22 @@ def _encoders(ws: Workspace, row: str, model, image_size):
     if path.exists():  # a run stopped between saving the encoders and their record: redo them
         shutil.rmtree(path)
     data = ws.pretrain_set(row)
-    if data.targets.shape[1] != REPRESENTATION_DIM:
-        model = model.clone(num_outputs=data.targets.shape[1])
+    if data.num_outputs != REPRESENTATION_DIM:
+        model = model.clone(num_outputs=data.num_outputs)
+    objective = None
+    if data.ssl:  # an MTT-SSL set: its experts' Barlow Twins on two DSA views
+        objective = barlow_twins_loss_fn(model.apply, data.ssl["lambda"]), ssl_views_fn(data.ssl)
     params, state = init_encoders(model, seed_keys(seeds, 0), image_size)
     started = time.perf_counter()
     params, state, loss = pretrain(model, params, state, data.images, data.targets,
                                    seed_keys(seeds, 1), lr=data.lr, epochs=ev.epochs,
                                    batch_size=ev.batch_size, momentum=ev.momentum,
-                                   weight_decay=ev.weight_decay, desc=f"pre-train {row}")
+                                   weight_decay=ev.weight_decay, objective=objective,
+                                   aug_keys=seed_keys(seeds, 3), desc=f"pre-train {row}")
     if not np.isfinite(loss).all():
         raise DdjaxError(f"pre-training {row} diverged (final loss {loss.tolist()}) at lr {data.lr}")
     record = {"source": data.source, "lr": data.lr, "num_images": int(len(data.images)),
+              "objective": "barlow_twins" if data.ssl else "mse",
               "final_loss": loss.tolist(), "seconds": round(time.perf_counter() - started, 1)}
     save_pytree(path, {"params": params, **({"model_state": state} if state else {})})
     write_json_atomic(record_path, record)

@@ -27,12 +27,19 @@ def representations_path(stage: Stage) -> Path:
 
 
 def load_targets(stage: Stage, labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Regression targets (MKDT: teacher representations) or labels, and the model's output size."""
+    """Regression targets (MKDT: teacher representations) or labels, and the model's output size.
+
+    Barlow Twins experts (the naive MTT-SSL baseline) have no targets: a zero-width
+    ``[N, 0]`` placeholder keeps the epoch function's signature, and the output size is
+    ``experts.ssl_output_dim`` (the 512-d head the loss acts on)."""
     loss = stage.config.experts.loss
     if loss == "ce":
         return labels, int(labels.max()) + 1
+    if loss == "barlow_twins":
+        return np.zeros((labels.shape[0], 0), np.float32), int(stage.config.experts.ssl_output_dim)
     if loss != "mse":
-        raise DdjaxError(f"experts.loss must be 'mse' (knowledge distillation) or 'ce' (labels), got {loss!r}")
+        raise DdjaxError(f"experts.loss must be 'mse' (knowledge distillation), 'ce' (labels) or "
+                         f"'barlow_twins' (SSL, the naive MTT-SSL baseline), got {loss!r}")
     path = representations_path(stage)
     if not path.exists():
         raise DdjaxError(f"no teacher representations at {path}; run `ddjax represent` first "

@@ -6,6 +6,11 @@ depend on how experts are grouped. After every epoch the group's parameters go t
 the group's training state (parameters and momentum) to a resume checkpoint: a killed run,
 rerun with the same command, keeps every finished expert and continues the current group from
 its last finished epoch.
+
+``experts.loss`` picks the objective: 'mse' (MKDT's KD to teacher representations), 'ce' (classic
+MTT's labels) or 'barlow_twins' (the naive MTT-SSL baseline of MKDT's Appendix F: Barlow Twins
+between the student's outputs on two DSA views of each minibatch; see ``ssl_settings``). The
+store's metadata records the loss and, for Barlow Twins, the settings that define it.
 """
 
 from __future__ import annotations
@@ -20,14 +25,17 @@ from ddjax.data.transforms import zca_digest
 from ddjax.errors import DdjaxError
 from ddjax.experts.inputs import load_targets, student_inputs, student_model
 from ddjax.experts.store import TrajectoryStore
-from ddjax.experts.train import (cross_entropy_loss_fn, epoch_permutations, make_epoch_fn,
-                                 mse_loss_fn, torch_sgd)
+from ddjax.experts.train import (barlow_twins_loss_fn, cross_entropy_loss_fn, epoch_permutations,
+                                 make_epoch_fn, mse_loss_fn, torch_sgd, two_views)
 from ddjax.models import has_batch_stats
 from ddjax.models.registry import dummy_input
 from ddjax.runlog import print_summary, progress
 from ddjax.stage import Stage
 
 SECTIONS = ("seed", "data", "model", "experts")
+LOSSES = ("mse", "ce", "barlow_twins")
+
+
 def expert_keys(seed: int, experts: list[int]) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-expert (init, data-order, augmentation) keys, each derived from the expert's index alone."""
     base = [jax.random.fold_in(jax.random.key(seed), e) for e in experts]
@@ -43,6 +51,43 @@ def dsa_augment_fn(section):
     return lambda key, images: dsa_augment(key, images, DsaParams(), section.dsa_strategy)
 
 
+def ssl_settings(section) -> dict | None:
+    """What defines a Barlow Twins expert's objective, or None for 'mse'/'ce' experts.
+
+    Recorded in the trajectory store; ``distill.mode = 'mtt_ssl'`` rebuilds its inner loss from it.
+    The two views are DSA (``ddjax.distill.dsa``) with ``section.dsa_strategy`` in mode
+    ``section.ssl_dsa_mode``: DSA is differentiable with respect to the images and acts in the
+    student's input space (normalised, or ZCA-whitened), so the distillation inner loop can apply
+    exactly the experts' augmentation to the synthetic images and differentiate through it. The
+    torchvision-style SSL views of ``ddjax.ssl.augment`` act on [0, 1] pixels and include steps
+    not meant to be differentiated (HSV hue jitter, crop-box search), so they are not used. Mode
+    'M' (the default) composes every group of the strategy, i.e. crop, flip, colour, scale,
+    rotation and cutout together as SSL pipelines compose their transforms; MTT's mode 'S' applies
+    a single group per view, which makes the two views nearly alike.
+    """
+    if section.loss != "barlow_twins":
+        return None
+    return {"method": "barlow_twins", "lambda": float(section.ssl_lambda), "views": "dsa",
+            "dsa_strategy": section.dsa_strategy, "dsa_mode": section.ssl_dsa_mode}
+
+
+def ssl_views_fn(settings: dict):
+    """The two-view augmentation of ``ssl_settings``: ``(key, x_BHWC) -> views_2BHWC``."""
+    from ddjax.distill.dsa import DsaParams, dsa_augment
+
+    params = DsaParams(aug_mode=settings["dsa_mode"])
+    return two_views(lambda key, images: dsa_augment(key, images, params, settings["dsa_strategy"]))
+
+
+def expert_objective(section, apply_fn):
+    """``(loss_fn, augment)`` of ``section.loss`` for ``make_epoch_fn``."""
+    if section.loss == "barlow_twins":
+        settings = ssl_settings(section)
+        return barlow_twins_loss_fn(apply_fn, settings["lambda"]), ssl_views_fn(settings)
+    loss_fn = mse_loss_fn(apply_fn) if section.loss == "mse" else cross_entropy_loss_fn(apply_fn)
+    return loss_fn, dsa_augment_fn(section)
+
+
 def kept_epochs(epochs: int, keep: int) -> list[int]:
     """Snapshots to store: 0..epochs, or 0..keep when ``keep`` >= 0 (what distillation reads)."""
     last = epochs if keep < 0 else min(keep, epochs)
@@ -52,8 +97,20 @@ def kept_epochs(epochs: int, keep: int) -> list[int]:
 def check_config(config) -> None:
     """Reject impossible expert settings before the CLI records them."""
     exp = config.experts
-    if exp.loss not in ("mse", "ce"):
-        raise DdjaxError(f"experts.loss must be 'mse' (knowledge distillation) or 'ce' (labels), got {exp.loss!r}")
+    if exp.loss not in LOSSES:
+        raise DdjaxError(f"experts.loss must be 'mse' (knowledge distillation), 'ce' (labels) or "
+                         f"'barlow_twins' (SSL, the naive MTT-SSL baseline), got {exp.loss!r}")
+    if exp.loss == "barlow_twins":
+        from ddjax.distill.dsa import AUG_MODES, parse_strategy
+
+        if exp.get("dsa", False):
+            raise DdjaxError("experts.loss='barlow_twins' always makes two DSA views of each minibatch "
+                             "(experts.dsa_strategy, experts.ssl_dsa_mode); leave experts.dsa False")
+        if exp.ssl_dsa_mode not in AUG_MODES or not parse_strategy(exp.dsa_strategy):
+            raise DdjaxError(f"Barlow Twins experts need experts.ssl_dsa_mode in {AUG_MODES} and a DSA "
+                             f"strategy, got {exp.ssl_dsa_mode!r} and {exp.dsa_strategy!r}")
+        if exp.ssl_output_dim < 1 or exp.ssl_lambda < 0:
+            raise DdjaxError("experts.ssl_output_dim must be >= 1 and experts.ssl_lambda >= 0")
     if exp.epochs < 1 or exp.num_experts < 1 or exp.experts_per_program < 1 or exp.batch_size < 1:
         raise DdjaxError("experts.epochs, num_experts, experts_per_program and batch_size must be >= 1")
 
@@ -78,13 +135,16 @@ def run(stage: Stage) -> dict:
         "num_outputs": num_outputs, "optimizer": {"name": "sgd", "lr": exp.lr, "momentum": exp.momentum,
                                                   "weight_decay": exp.weight_decay},
         "batch_size": exp.batch_size, "epochs": exp.epochs, "kept_epochs": keep, "seed": cfg.seed,
-        "dsa": exp.dsa_strategy if exp.get("dsa", False) else None,
+        "dsa": exp.dsa_strategy if exp.get("dsa", False) else None, "ssl": ssl_settings(exp),
     })
+    if store.meta.get("ssl") != ssl_settings(exp):
+        raise DdjaxError(f"expert store {store.root} was trained with SSL settings {store.meta.get('ssl')} "
+                         f"but this run asks for {ssl_settings(exp)}; train into another --workdir")
     done = set(store.complete_experts())
     todo = [e for e in range(exp.num_experts) if e not in done]
     optimizer = torch_sgd(exp.lr, exp.momentum, exp.weight_decay)
-    loss_fn = mse_loss_fn(model.apply) if exp.loss == "mse" else cross_entropy_loss_fn(model.apply)
-    epoch_fn = make_epoch_fn(loss_fn, optimizer, exp.batch_size, dsa_augment_fn(exp))
+    loss_fn, augment = expert_objective(exp, model.apply)
+    epoch_fn = make_epoch_fn(loss_fn, optimizer, exp.batch_size, augment)
     images_dev, targets_dev = jnp.asarray(images), jnp.asarray(targets)
     final_losses = {e: store.expert_summary(e)["final_loss"] for e in done}
     bar = progress(total=len(todo) * exp.epochs, desc="experts")

@@ -10,6 +10,14 @@ Faithful to the reference (mkdt.md §3): plain epochs over a fresh permutation, 
 PyTorch SGD semantics (weight decay added to the gradient, momentum buffer started at the first
 gradient, which optax's trace reproduces), no augmentation (classic MTT experts may use DSA).
 
+The naive MTT-SSL baseline (MKDT's Appendix F; no reference code) trains experts with Barlow Twins
+instead: ``two_views`` turns an augmentation into one that returns two independent views of the
+minibatch stacked on a leading axis of 2, and ``barlow_twins_loss_fn`` reads that pair, runs the
+student on both views (one forward pass over 2B images) and applies ``ddjax.ssl.losses``'s Barlow
+Twins loss to the student's outputs (its linear head; no projector), ignoring the targets. Both
+plug into ``make_epoch_fn`` unchanged, and the distillation inner loop reuses the same pair
+(``ddjax.distill.mtt.masked_barlow_twins``).
+
 Networks with BatchNorm (the evaluation's ResNet-10/18) carry a ``model_state``, the variable
 collections other than ``params`` (``{"batch_stats": ...}``), through the epoch: they run in train
 mode (batch statistics) and their running statistics update as PyTorch's ``model.train()`` does.
@@ -23,6 +31,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+
+from ddjax.ssl.losses import BARLOW_TWINS_LAMBDA, barlow_twins_loss
 
 Params = Any
 ModelState = dict
@@ -58,6 +68,42 @@ def cross_entropy_loss_fn(apply_fn: Callable) -> LossFn:
     return loss
 
 
+def two_views(augment: Augment) -> Augment:
+    """``views(key, x_BHWC) -> views_2BHWC``: two independent draws of ``augment`` on the same
+    batch, with ``fold_in(key, 0)`` and ``fold_in(key, 1)``, stacked on a new leading axis."""
+
+    def views(key, images):
+        return jnp.stack([augment(jax.random.fold_in(key, v), images) for v in (0, 1)])
+
+    return views
+
+
+def barlow_twins_of_views(apply_fn: Callable, params, model_state: ModelState, views_2B,
+                          lambd: float = BARLOW_TWINS_LAMBDA, mask_B=None):
+    """Barlow Twins between the student's outputs on the two views (row b of each is image b),
+    and the updated ``model_state``. ``mask_B`` (0/1) leaves padded batch members out of the
+    batch statistics (``ddjax.ssl.losses.barlow_twins_loss``; scale 1, eps 1e-5)."""
+    two, batch = views_2B.shape[:2]
+    if two != 2:
+        raise ValueError(f"expected two views stacked on axis 0, got shape {views_2B.shape}")
+    out, model_state = apply_train(apply_fn, params, model_state,
+                                   views_2B.reshape((2 * batch,) + views_2B.shape[2:]))
+    return barlow_twins_loss(out[:batch], out[batch:], lambd, mask_B=mask_B), model_state
+
+
+def barlow_twins_loss_fn(apply_fn: Callable, lambd: float = BARLOW_TWINS_LAMBDA) -> LossFn:
+    """Barlow Twins on a pair of views made by a ``two_views`` augmentation; targets ignored.
+
+    The loss is a batch statistic, not a mean over examples, so ``make_epoch_fn``'s epoch loss is
+    the mean of the minibatch losses weighted by minibatch size."""
+
+    def loss(params, model_state, views_2B, targets):
+        del targets
+        return barlow_twins_of_views(apply_fn, params, model_state, views_2B, lambd)
+
+    return loss
+
+
 def torch_sgd(lr: float, momentum: float, weight_decay: float) -> optax.GradientTransformation:
     """``torch.optim.SGD(lr, momentum, weight_decay)``: decay joins the gradient before momentum."""
     return optax.chain(optax.add_decayed_weights(weight_decay),
@@ -76,7 +122,8 @@ def make_epoch_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, batc
 
     ``images``/``targets`` are the whole training set (shared by all experts); ``perm_EN`` holds
     each expert's example order. ``augment(key, batch)`` (e.g. DSA for classic MTT experts) is
-    applied to every minibatch with ``fold_in(aug_keys_E[e], step)``; None (MKDT) skips it and
+    applied to every minibatch with ``fold_in(aug_keys_E[e], step)`` and the loss receives what
+    it returns (Barlow Twins experts: the ``two_views`` pair); None (MKDT) skips it and
     ignores ``aug_keys_E``. ``state_E`` is each network's ``model_state`` (``{}`` without
     BatchNorm). ``loss_E`` is each expert's per-example mean loss over the epoch.
     """

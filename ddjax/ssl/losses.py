@@ -30,23 +30,45 @@ SIMCLR_TEMPERATURE = 0.5
 """NT-Xent temperature of SAS's SimCLR (``--temperature`` default) and SimCLR's CIFAR runs."""
 
 
-def standardize_over_batch(z_BD: jnp.ndarray, eps: float = 1e-5) -> jnp.ndarray:
+def _compute_dtype(z: jnp.ndarray):
+    """float32 for low-precision inputs (bf16/f16), float64 kept (finite-difference tests)."""
+    return jnp.promote_types(z.dtype, jnp.float32)
+
+
+def standardize_over_batch(z_BD: jnp.ndarray, eps: float = 1e-5,
+                           mask_B: jnp.ndarray | None = None) -> jnp.ndarray:
     """Per-dimension (x - mean) / sqrt(var + eps) over the batch, biased variance.
 
     This is what ``BatchNorm1d(affine=False)`` computes in training mode; the Barlow Twins
-    cross-correlation is built from it.
+    cross-correlation is built from it. ``mask_B`` (0/1 weights) restricts the statistics to the
+    rows with weight 1, as if the others were not in the batch (padded minibatches); the rows
+    with weight 0 are still standardised with those statistics and must be ignored by the caller.
     """
-    mean_D = jnp.mean(z_BD, axis=0)
+    if mask_B is None:
+        mean_D = jnp.mean(z_BD, axis=0)
+        centred_BD = z_BD - mean_D
+        var_D = jnp.mean(jnp.square(centred_BD), axis=0)
+        return centred_BD / jnp.sqrt(var_D + eps)
+    w_B1 = mask_B.astype(z_BD.dtype)[:, None]
+    count = jnp.sum(w_B1)
+    mean_D = jnp.sum(w_B1 * z_BD, axis=0) / count
     centred_BD = z_BD - mean_D
-    var_D = jnp.mean(jnp.square(centred_BD), axis=0)
+    var_D = jnp.sum(w_B1 * jnp.square(centred_BD), axis=0) / count
     return centred_BD / jnp.sqrt(var_D + eps)
 
 
-def cross_correlation(z1_BD: jnp.ndarray, z2_BD: jnp.ndarray, eps: float = 1e-5) -> jnp.ndarray:
-    """The (D, D) Barlow Twins matrix: standardised z1 transposed times standardised z2, over B."""
-    batch = z1_BD.shape[0]
-    a_BD = standardize_over_batch(z1_BD.astype(jnp.float32), eps)
-    b_BD = standardize_over_batch(z2_BD.astype(jnp.float32), eps)
+def cross_correlation(z1_BD: jnp.ndarray, z2_BD: jnp.ndarray, eps: float = 1e-5,
+                      mask_B: jnp.ndarray | None = None) -> jnp.ndarray:
+    """The (D, D) Barlow Twins matrix: standardised z1 transposed times standardised z2, over B
+    (over the rows where ``mask_B`` is 1 when given)."""
+    dtype = jnp.promote_types(_compute_dtype(z1_BD), _compute_dtype(z2_BD))
+    a_BD = standardize_over_batch(z1_BD.astype(dtype), eps, mask_B)
+    b_BD = standardize_over_batch(z2_BD.astype(dtype), eps, mask_B)
+    if mask_B is None:
+        batch = z1_BD.shape[0]
+    else:
+        w_B = mask_B.astype(dtype)
+        a_BD, batch = a_BD * w_B[:, None], jnp.sum(w_B)
     # Full float32 matmul precision: TF32 on GPUs would perturb the D x D correlations.
     hi = jax.lax.Precision.HIGHEST
     return jnp.einsum("bi,bj->ij", a_BD, b_BD, precision=hi) / batch
@@ -59,15 +81,17 @@ def barlow_twins_loss(
     *,
     scale: float = 1.0,
     eps: float = 1e-5,
+    mask_B: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Barlow Twins redundancy-reduction loss.
 
     ``scale * (sum_i (1 - c_ii)^2 + lambd * sum_{i != j} c_ij^2)`` where ``c`` is
     :func:`cross_correlation`. The invariance term pulls the diagonal to 1 (the two views agree
     dimension by dimension); the redundancy term pushes the off-diagonal to 0 (dimensions carry
-    different information).
+    different information). ``mask_B`` (0/1) computes it over the rows with weight 1 only (a
+    padded minibatch); None uses every row. Inputs are computed in float32 (float64 stays float64).
     """
-    c_DD = cross_correlation(z1_BD, z2_BD, eps)
+    c_DD = cross_correlation(z1_BD, z2_BD, eps, mask_B)
     diag_D = jnp.diagonal(c_DD)
     on_diag = jnp.sum(jnp.square(1.0 - diag_D))
     off_diag = jnp.sum(jnp.square(c_DD)) - jnp.sum(jnp.square(diag_D))
