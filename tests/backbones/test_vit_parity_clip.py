@@ -10,9 +10,8 @@ import jax
 import numpy as np
 
 from ddjax.backbones import vit_backbone
-from ddjax.backbones.vit import ViTConfig
-from ddjax.backbones.vit_configs import ViTVariant
-from ddjax.backbones.vit_store import import_weights, register_vit_variant
+from ddjax.backbones.vit_store import import_weights
+from vit_helpers import register_tiny_variant
 
 WIDTH, DEPTH, HEADS, PATCH, SIZE, EMBED = 64, 2, 4, 8, 32, 48
 TOL = 1e-4
@@ -35,20 +34,8 @@ def tiny_clip(ref, seed=0):
 
 
 def register(name):
-    cfg = ViTConfig(
-        width=WIDTH,
-        depth=DEPTH,
-        heads=HEADS,
-        patch=PATCH,
-        mlp_hidden=4 * WIDTH,
-        pos_grid=SIZE // PATCH,
-        patch_bias=False,
-        pre_norm=True,
-        norm_eps=1e-5,
-        act="quick_gelu",
-        proj_dim=EMBED,
-    )
-    register_vit_variant(ViTVariant(name, "clip", cfg, resolution=SIZE))
+    register_tiny_variant(name, "clip", width=WIDTH, depth=DEPTH, heads=HEADS, patch=PATCH, grid=SIZE // PATCH, patch_bias=False,
+                          pre_norm=True, norm_eps=1e-5, act="quick_gelu", proj_dim=EMBED)
 
 
 def features(name, weights, x):

@@ -18,9 +18,7 @@ import numpy as np
 import pytest
 
 from ddjax.backbones import vit_backbone
-from ddjax.backbones.vit import ViTConfig
-from ddjax.backbones.vit_configs import ViTVariant
-from ddjax.backbones.vit_store import register_vit_variant
+from vit_helpers import register_tiny_variant, timm_vit
 
 WIDTH, DEPTH, HEADS, PATCH, GRID = 64, 2, 4, 4, 6  # pre-training grid 6 x 6 (24 px)
 TOL = 1e-4
@@ -40,32 +38,13 @@ def hub_resize(ref, pos, grid, offset, antialias):
     return torch.cat([cls, patch.permute(0, 2, 3, 1).reshape(1, grid * grid, dim)], dim=1)
 
 
-def timm_vit(ref, size, **kwargs):
-    return ref.timm.models.vision_transformer.VisionTransformer(
-        img_size=size,
-        patch_size=PATCH,
-        embed_dim=WIDTH,
-        depth=DEPTH,
-        num_heads=HEADS,
-        mlp_ratio=4,
-        num_classes=0,
-        **kwargs,
-    )
+def tiny_timm(ref, size, **kwargs):
+    return timm_vit(ref, size=size, width=WIDTH, depth=DEPTH, heads=HEADS, patch=PATCH, **kwargs)
 
 
 def variant(name, family, resolution, **overrides):
-    cfg = ViTConfig(
-        width=WIDTH,
-        depth=DEPTH,
-        heads=HEADS,
-        patch=PATCH,
-        mlp_hidden=4 * WIDTH,
-        pos_grid=GRID,
-        **overrides,
-    )
-    v = ViTVariant(name, family, cfg, resolution=resolution)
-    register_vit_variant(v)
-    return v
+    return register_tiny_variant(name, family, width=WIDTH, depth=DEPTH, heads=HEADS, patch=PATCH, grid=GRID,
+                                 resolution=resolution, **overrides)
 
 
 def features(name, weights, x):
@@ -76,14 +55,14 @@ def features(name, weights, x):
 @pytest.mark.parametrize("resolution", [GRID * PATCH, 16, 32])
 def test_dinov2_matches_timm(ref, images, tmp_path, resolution):
     torch = ref.torch
-    net = ref.randomize(timm_vit(ref, GRID * PATCH, init_values=1.0))
+    net = ref.randomize(tiny_timm(ref, GRID * PATCH, init_values=1.0))
     hub = dict(net.state_dict())
     hub["mask_token"] = torch.randn(1, WIDTH)  # in every hub checkpoint, unused for features
     path = ref.save(hub, tmp_path / "dinov2_tiny_pretrain.pth")
     name = f"test_dinov2_tiny_{resolution}"
     variant(name, "dinov2", resolution, layer_scale=True, interp_offset=0.1, interp_antialias=False)
 
-    want_net = timm_vit(ref, resolution, init_values=1.0)
+    want_net = tiny_timm(ref, resolution, init_values=1.0)
     sd = dict(net.state_dict())
     sd["pos_embed"] = hub_resize(ref, sd["pos_embed"], resolution // PATCH, 0.1, antialias=False)
     want_net.load_state_dict(sd)
@@ -98,7 +77,7 @@ def test_dinov2_matches_timm(ref, images, tmp_path, resolution):
 def test_dinov2_registers_match_timm(ref, images, tmp_path, resolution):
     torch = ref.torch
     net = ref.randomize(
-        timm_vit(ref, GRID * PATCH, init_values=1.0, reg_tokens=4, no_embed_class=True)
+        tiny_timm(ref, GRID * PATCH, init_values=1.0, reg_tokens=4, no_embed_class=True)
     )
     sd = dict(net.state_dict())
     # The hub layout: the class token's position is a row of pos_embed, registers get none.
@@ -114,7 +93,7 @@ def test_dinov2_registers_match_timm(ref, images, tmp_path, resolution):
     name = f"test_dinov2_reg_tiny_{resolution}"
     variant(name, "dinov2", resolution, layer_scale=True, registers=4, interp_antialias=True)
 
-    want_net = timm_vit(ref, resolution, init_values=1.0, reg_tokens=4, no_embed_class=True)
+    want_net = tiny_timm(ref, resolution, init_values=1.0, reg_tokens=4, no_embed_class=True)
     resized = hub_resize(ref, hub["pos_embed"], resolution // PATCH, 0.0, antialias=True)
     want_net.load_state_dict({**sd, "pos_embed": resized[:, 1:]})
     x = images(4, resolution, seed=1)
@@ -125,7 +104,7 @@ def test_dinov2_registers_match_timm(ref, images, tmp_path, resolution):
 @pytest.mark.parametrize("resolution", [GRID * PATCH, 16])
 def test_dino_v1_full_checkpoint_matches_timm(ref, images, tmp_path, resolution):
     torch = ref.torch
-    net = ref.randomize(timm_vit(ref, GRID * PATCH), seed=3)
+    net = ref.randomize(tiny_timm(ref, GRID * PATCH), seed=3)
     # A DINO full checkpoint: {'student': ..., 'teacher': {'backbone.*', 'head.*'}, ...}.
     teacher = {f"backbone.{k}": v for k, v in net.state_dict().items()}
     teacher["head.mlp.0.weight"] = torch.randn(32, WIDTH)
@@ -136,7 +115,7 @@ def test_dino_v1_full_checkpoint_matches_timm(ref, images, tmp_path, resolution)
     name = f"test_dino_tiny_{resolution}"
     variant(name, "dino", resolution, interp_offset=0.1, interp_antialias=False)
 
-    want_net = timm_vit(ref, resolution)
+    want_net = tiny_timm(ref, resolution)
     sd = dict(net.state_dict())
     sd["pos_embed"] = hub_resize(ref, sd["pos_embed"], resolution // PATCH, 0.1, antialias=False)
     want_net.load_state_dict(sd)

@@ -10,25 +10,15 @@ import numpy as np
 import pytest
 
 from ddjax.backbones import vit_backbone
-from ddjax.backbones.vit import ViTConfig
-from ddjax.backbones.vit_configs import ViTVariant
-from ddjax.backbones.vit_store import register_vit_variant
 from ddjax.errors import DdjaxError
+from vit_helpers import register_tiny_variant, timm_vit
 
 WIDTH, DEPTH, HEADS, PATCH, GRID = 64, 2, 4, 4, 6
 TOL = 1e-4
 
 
 def moco_vit(ref, grid, seed=0, net=None):
-    model = ref.timm.models.vision_transformer.VisionTransformer(
-        img_size=grid * PATCH,
-        patch_size=PATCH,
-        embed_dim=WIDTH,
-        depth=DEPTH,
-        num_heads=HEADS,
-        mlp_ratio=4,
-        num_classes=0,
-    )
+    model = timm_vit(ref, size=grid * PATCH, width=WIDTH, depth=DEPTH, heads=HEADS, patch=PATCH)
     if net is None:
         ref.randomize(model, seed=seed)
     else:
@@ -41,17 +31,8 @@ def moco_vit(ref, grid, seed=0, net=None):
 
 @pytest.fixture(scope="module")
 def tiny_variant():
-    cfg = ViTConfig(
-        width=WIDTH,
-        depth=DEPTH,
-        heads=HEADS,
-        patch=PATCH,
-        mlp_hidden=4 * WIDTH,
-        pos_grid=GRID,
-        pos_embed="sincos",
-    )
-    register_vit_variant(ViTVariant("test_mocov3_tiny", "mocov3", cfg, resolution=GRID * PATCH))
-    return "test_mocov3_tiny"
+    return register_tiny_variant("test_mocov3_tiny", "mocov3", width=WIDTH, depth=DEPTH, heads=HEADS, patch=PATCH, grid=GRID,
+                                 pos_embed="sincos").name
 
 
 def test_mocov3_checkpoint_matches_timm(ref, images, tmp_path, tiny_variant):

@@ -11,40 +11,22 @@ import pytest
 
 from ddjax import cli
 from ddjax.backbones import load_backbone
-from ddjax.backbones.vit import ViTConfig
 from ddjax.backbones.vit_configs import ViTVariant
 from ddjax.backbones.vit_store import import_weights, register_vit_variant
 from ddjax.backbones.weights import convert_state_dict, read_state_dict
 from ddjax.errors import DdjaxError
+from vit_helpers import register_tiny_variant, timm_vit
 
 WIDTH, DEPTH, HEADS, PATCH, GRID = 32, 2, 2, 4, 4
-CFG = ViTConfig(
-    width=WIDTH,
-    depth=DEPTH,
-    heads=HEADS,
-    patch=PATCH,
-    mlp_hidden=4 * WIDTH,
-    pos_grid=GRID,
-    layer_scale=True,
-    interp_offset=0.1,
-    interp_antialias=False,
-)
-VARIANT = ViTVariant("test_weights_dinov2", "dinov2", CFG, resolution=GRID * PATCH)
-register_vit_variant(VARIANT)
+VARIANT = register_tiny_variant("test_weights_dinov2", "dinov2", width=WIDTH, depth=DEPTH, heads=HEADS, patch=PATCH, grid=GRID,
+                                layer_scale=True, interp_offset=0.1, interp_antialias=False)
+CFG = VARIANT.config
 
 
 @pytest.fixture(scope="module")
 def dinov2(ref):
     """(timm reference network, its hub-layout state dict as numpy)."""
-    net = ref.timm.models.vision_transformer.VisionTransformer(
-        img_size=GRID * PATCH,
-        patch_size=PATCH,
-        embed_dim=WIDTH,
-        depth=DEPTH,
-        num_heads=HEADS,
-        init_values=1.0,
-        num_classes=0,
-    )
+    net = timm_vit(ref, size=GRID * PATCH, width=WIDTH, depth=DEPTH, heads=HEADS, patch=PATCH, init_values=1.0)
     ref.randomize(net, seed=11)
     hub = {k: v.numpy() for k, v in net.state_dict().items()}
     hub["mask_token"] = np.zeros((1, WIDTH), np.float32)
