@@ -45,10 +45,7 @@ def standardize_over_batch(z_BD: jnp.ndarray, eps: float = 1e-5,
     with weight 0 are still standardised with those statistics and must be ignored by the caller.
     """
     if mask_B is None:
-        mean_D = jnp.mean(z_BD, axis=0)
-        centred_BD = z_BD - mean_D
-        var_D = jnp.mean(jnp.square(centred_BD), axis=0)
-        return centred_BD / jnp.sqrt(var_D + eps)
+        mask_B = jnp.ones(z_BD.shape[:1], z_BD.dtype)
     w_B1 = mask_B.astype(z_BD.dtype)[:, None]
     count = jnp.sum(w_B1)
     mean_D = jnp.sum(w_B1 * z_BD, axis=0) / count
@@ -62,13 +59,10 @@ def cross_correlation(z1_BD: jnp.ndarray, z2_BD: jnp.ndarray, eps: float = 1e-5,
     """The (D, D) Barlow Twins matrix: standardised z1 transposed times standardised z2, over B
     (over the rows where ``mask_B`` is 1 when given)."""
     dtype = jnp.promote_types(_compute_dtype(z1_BD), _compute_dtype(z2_BD))
-    a_BD = standardize_over_batch(z1_BD.astype(dtype), eps, mask_B)
-    b_BD = standardize_over_batch(z2_BD.astype(dtype), eps, mask_B)
-    if mask_B is None:
-        batch = z1_BD.shape[0]
-    else:
-        w_B = mask_B.astype(dtype)
-        a_BD, batch = a_BD * w_B[:, None], jnp.sum(w_B)
+    w_B = jnp.ones(z1_BD.shape[:1], dtype) if mask_B is None else mask_B.astype(dtype)
+    a_BD = standardize_over_batch(z1_BD.astype(dtype), eps, w_B) * w_B[:, None]
+    b_BD = standardize_over_batch(z2_BD.astype(dtype), eps, w_B)
+    batch = jnp.sum(w_B)
     # Full float32 matmul precision: TF32 on GPUs would perturb the D x D correlations.
     hi = jax.lax.Precision.HIGHEST
     return jnp.einsum("bi,bj->ij", a_BD, b_BD, precision=hi) / batch
