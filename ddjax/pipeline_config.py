@@ -74,7 +74,7 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
     config.model = ml_collections.ConfigDict({
         "name": STUDENT_MODEL[dataset],
         "width": 128,
-        "conv_impl": "auto",            # im2col on CPU, lax.conv on GPU/TPU
+        "conv_impl": "auto",            # Winograd/im2col on CPU, lax.conv on GPU/TPU
         "init": "torch",                # PyTorch's default init: trajectories and the lr depend on it
     })
     config.experts = ml_collections.ConfigDict({

@@ -1,4 +1,4 @@
-"""conv2d: im2col and lax agree with a numpy convolution, in values and second-order gradients."""
+"""conv2d: im2col, winograd and lax agree with a numpy convolution, in values and second-order gradients."""
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,7 @@ CASES = [
     (3, 2, 1, 2, 3, 9),  # strided 3x3 on an odd side
     (5, 1, 2, 2, 3, 7),
     (2, 2, 0, 3, 2, 8),
+    (3, 1, 1, 2, 3, 7),  # Winograd on an odd side: a cropped extra tile row and column
 ]
 
 
@@ -30,7 +31,7 @@ def _inputs(k, cin, cout, side, dtype):
 
 
 @pytest.mark.parametrize("k,stride,padding,cin,cout,side", CASES)
-@pytest.mark.parametrize("impl", ["im2col", "lax"])
+@pytest.mark.parametrize("impl", ["im2col", "winograd", "lax"])
 def test_conv2d_matches_numpy(impl, k, stride, padding, cin, cout, side):
     x, kernel = _inputs(k, cin, cout, side, np.float64)
     with jax.enable_x64(True):
@@ -42,7 +43,8 @@ def test_conv2d_matches_numpy(impl, k, stride, padding, cin, cout, side):
 
 
 @pytest.mark.parametrize("k,stride,padding,cin,cout,side", CASES)
-def test_second_order_gradients_agree(k, stride, padding, cin, cout, side):
+@pytest.mark.parametrize("impl", ["im2col", "winograd"])
+def test_second_order_gradients_agree(impl, k, stride, padding, cin, cout, side):
     """d/d(x, kernel) of ||d/d kernel f||^2, as in an unrolled inner SGD step."""
     x, kernel = _inputs(k, cin, cout, side, np.float64)
 
@@ -57,7 +59,7 @@ def test_second_order_gradients_agree(k, stride, padding, cin, cout, side):
 
     with jax.enable_x64(True):
         x, kernel = jnp.asarray(x), jnp.asarray(kernel)
-        gx_i, gk_i = outer("im2col")(x, kernel)
+        gx_i, gk_i = outer(impl)(x, kernel)
         gx_l, gk_l = outer("lax")(x, kernel)
         assert gx_i.dtype == jnp.float64
         assert float(jnp.abs(gx_l).max()) > 0
@@ -65,7 +67,7 @@ def test_second_order_gradients_agree(k, stride, padding, cin, cout, side):
         np.testing.assert_allclose(gk_i, gk_l, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("impl", ["im2col", "lax"])
+@pytest.mark.parametrize("impl", ["im2col", "winograd", "lax"])
 def test_conv_module_is_interchangeable_with_flax_conv(impl):
     x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
     ours = Conv(5, 3, strides=2, padding=1, impl=impl)
@@ -83,8 +85,29 @@ def test_conv_without_bias_has_only_a_kernel():
     assert variables["params"]["kernel"].shape == (1, 1, 2, 4)
 
 
+def _uses_winograd(impl, shape, k=3, stride=1, padding=1):
+    """Whether the convolution's jaxpr holds Winograd's batched 16-way matmul: equal values do
+    not show which algorithm ran."""
+    jaxpr = jax.make_jaxpr(lambda x, w: conv2d(x, w, stride, padding, impl))(
+        jnp.zeros(shape), jnp.zeros((k, k, shape[-1], 4)))
+    return any(e.primitive.name == "dot_general" and e.params["dimension_numbers"][1][0]
+               for e in jaxpr.eqns)
+
+
+def test_winograd_runs_where_it_fits_and_auto_where_it_also_pays():
+    big = (4, 32, 32, 64)  # 2**18 input elements, 64 channels
+    assert _uses_winograd("winograd", (1, 8, 8, 3))
+    assert not _uses_winograd("im2col", big)
+    for k, stride, padding in [(3, 2, 1), (3, 1, 2), (5, 1, 2)]:
+        assert not _uses_winograd("winograd", big, k, stride, padding)
+    if jax.default_backend() == "cpu":
+        assert _uses_winograd("auto", big)
+        assert not _uses_winograd("auto", (4, 32, 32, 15))  # few channels: im2col
+        assert not _uses_winograd("auto", (3, 32, 32, 64))  # small input: im2col
+
+
 def test_resolve_conv_impl():
-    assert resolve_conv_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "lax")
+    assert resolve_conv_impl("auto") == ("auto" if jax.default_backend() == "cpu" else "lax")
     assert resolve_conv_impl("lax") == "lax"
     with pytest.raises(DdjaxError, match="unknown conv implementation 'fft'"):
         resolve_conv_impl("fft")
