@@ -85,10 +85,7 @@ def _check_store(store: TrajectoryStore, stage: Stage, spec, zca) -> list[int]:
         raise DdjaxError(f"distill.mode={d.mode!r} matches experts trained with experts.loss={loss!r}, but "
                          f"the store at {store.root} holds {store.meta.get('loss')!r} experts; train "
                          "matching experts in another --workdir or pick the mode of these")
-    if store.meta.get("ssl") != ssl_settings(stage.config.experts):
-        raise DdjaxError(f"the experts in {store.root} were trained with SSL settings {store.meta.get('ssl')} "
-                         f"but this config's experts section gives {ssl_settings(stage.config.experts)}; "
-                         "use the experts settings the store was trained with")
+    store.check_ssl(ssl_settings(stage.config.experts))
     store.check_compatible({"dataset": spec.name, "model": stage.config.model.name, "loss": loss,
                             "normalisation": {"mean": list(spec.mean), "std": list(spec.std),
                                               "zca": zca_digest(zca) if zca is not None else None}})

@@ -43,8 +43,7 @@ from ddjax.eval import mkdt_tables
 from ddjax.eval.lbfgs_probe import fit_probes, probe_accuracy
 from ddjax.eval.mkdt_pretrain import features, init_encoders, pretrain, seed_keys
 from ddjax.experts.inputs import load_targets, student_inputs, student_model
-from ddjax.experts.stage import ssl_views_fn
-from ddjax.experts.train import barlow_twins_loss_fn
+from ddjax.experts.stage import ssl_objective
 from ddjax.models import build_model
 from ddjax.models.registry import REPRESENTATION_DIM
 from ddjax.runlog import print_summary, write_json_atomic
@@ -232,9 +231,8 @@ def _encoders(ws: Workspace, row: str, model, image_size):
     data = ws.pretrain_set(row)
     if data.num_outputs != REPRESENTATION_DIM:
         model = model.clone(num_outputs=data.num_outputs)
-    objective = None
-    if data.ssl:  # an MTT-SSL set: its experts' Barlow Twins on two DSA views
-        objective = barlow_twins_loss_fn(model.apply, data.ssl["lambda"]), ssl_views_fn(data.ssl)
+    # An MTT-SSL set pre-trains with its experts' Barlow Twins on two DSA views.
+    objective = ssl_objective(model.apply, data.ssl) if data.ssl else None
     params, state = init_encoders(model, seed_keys(seeds, 0), image_size)
     started = time.perf_counter()
     params, state, loss = pretrain(model, params, state, data.images, data.targets,

@@ -79,11 +79,16 @@ def ssl_views_fn(settings: dict):
     return two_views(lambda key, images: dsa_augment(key, images, params, settings["dsa_strategy"]))
 
 
+def ssl_objective(apply_fn, settings: dict):
+    """``(loss_fn, augment)`` for ``make_epoch_fn`` of the Barlow Twins objective that
+    ``ssl_settings`` describes: experts train with it, MTT-SSL sets pre-train with it."""
+    return barlow_twins_loss_fn(apply_fn, settings["lambda"]), ssl_views_fn(settings)
+
+
 def expert_objective(section, apply_fn):
     """``(loss_fn, augment)`` of ``section.loss`` for ``make_epoch_fn``."""
     if section.loss == "barlow_twins":
-        settings = ssl_settings(section)
-        return barlow_twins_loss_fn(apply_fn, settings["lambda"]), ssl_views_fn(settings)
+        return ssl_objective(apply_fn, ssl_settings(section))
     loss_fn = mse_loss_fn(apply_fn) if section.loss == "mse" else cross_entropy_loss_fn(apply_fn)
     return loss_fn, dsa_augment_fn(section)
 
@@ -137,9 +142,7 @@ def run(stage: Stage) -> dict:
         "batch_size": exp.batch_size, "epochs": exp.epochs, "kept_epochs": keep, "seed": cfg.seed,
         "dsa": exp.dsa_strategy if exp.get("dsa", False) else None, "ssl": ssl_settings(exp),
     })
-    if store.meta.get("ssl") != ssl_settings(exp):
-        raise DdjaxError(f"expert store {store.root} was trained with SSL settings {store.meta.get('ssl')} "
-                         f"but this run asks for {ssl_settings(exp)}; train into another --workdir")
+    store.check_ssl(ssl_settings(exp))
     done = set(store.complete_experts())
     todo = [e for e in range(exp.num_experts) if e not in done]
     optimizer = torch_sgd(exp.lr, exp.momentum, exp.weight_decay)

@@ -67,6 +67,14 @@ class TrajectoryStore:
             raise DdjaxError(f"expert store {self.root} does not match this run ({'; '.join(wrong)}); "
                              "point at the right store or train new experts into another directory")
 
+    def check_ssl(self, settings: dict | None) -> None:
+        """Raise unless the store's Barlow Twins settings (``ssl``; None for KD/label experts)
+        are ``settings``: the same loss with another lambda or other views is another objective."""
+        if self.meta.get("ssl") != settings:
+            raise DdjaxError(f"expert store {self.root} was trained with SSL settings {self.meta.get('ssl')} "
+                             f"but this config's experts section gives {settings}; use the experts "
+                             "settings the store was trained with, or train into another --workdir")
+
     def _epoch_dir(self, expert: int, epoch: int) -> Path:
         return self.root / f"expert_{expert:04d}" / f"epoch_{epoch:03d}"
 
