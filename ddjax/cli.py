@@ -53,41 +53,42 @@ def _backbone(args: argparse.Namespace) -> None:
 
 
 # (command words, "module:function", stage directory name, help). The module also defines
-# SECTIONS, the config sections the stage depends on, and optionally check_config(config), which
+# READS, the config fields the stage reads (sections or section.field), and optionally check_config(config), which
 # rejects bad settings before they are recorded; the stage writes <workdir>/<directory>.
 STAGE_COMMANDS = (
     (("teacher",), "ddjax.ssl.teacher_stage:run", "teacher",
      "train an SSL teacher (Barlow Twins / SimCLR) or import a PyTorch one; writes the teacher artifact"),
-    (("represent",), "ddjax.ssl.represent_stage:run", "represent",
+    (("represent",), "ddjax.mkdt.represent_stage:run", "represent",
      "the teacher's representations of the whole train split (MKDT's regression targets)"),
-    (("experts",), "ddjax.experts.stage:run", "experts",
+    (("experts",), "ddjax.mkdt.experts_stage:run", "experts",
      "train student experts on the real data and store their parameter trajectories"),
-    (("select", "high-loss"), "ddjax.experts.select:run_high_loss", "select",
+    (("select", "high-loss"), "ddjax.mkdt.select_stage:run_high_loss", "select",
      "the real images the experts fit worst after epoch 1 (MKDT's initial synthetic set)"),
-    (("select", "random"), "ddjax.experts.select:run_random", "select",
+    (("select", "random"), "ddjax.mkdt.select_stage:run_random", "select",
      "a seeded random subset of the same size (the baseline)"),
-    (("distill", "mkdt"), "ddjax.distill.mkdt_stage:run", "distill",
+    (("distill", "mkdt"), "ddjax.mkdt.distill_stage:run", "distill",
      "MKDT: learn synthetic images, targets and lr by matching expert trajectories"),
-    (("distill", "lgm"), "ddjax.distill.lgm_stage:run", "lgm",
+    (("distill", "lgm"), "ddjax.lgm.distill_stage:run", "lgm",
      "LGM: distil images per class by linear gradient matching on frozen backbones"),
-    (("eval", "mkdt"), "ddjax.eval.mkdt_stage:run", "mkdt_eval",
+    (("eval", "mkdt"), "ddjax.mkdt.eval_stage:run", "mkdt_eval",
      "MKDT: pre-train fresh encoders on the distilled set and baselines, L-BFGS probes with few labels"),
-    (("eval", "lgm"), "ddjax.eval.lgm_stage:run", "lgm_eval",
+    (("eval", "lgm"), "ddjax.lgm.eval_stage:run", "lgm_eval",
      "LGM: linear probes on the distilled sets and baselines, cross-model matrix, alignment"),
 )
 
 
 def _run_stage(args: argparse.Namespace) -> None:
     from ddjax.config import load_config
-    from ddjax.stage import open_stage
+    from ddjax.workdir import open_stage
 
     module_name, function = args.stage_target.split(":")
     module = importlib.import_module(module_name)
     config = load_config(args.config, args.set)
     if hasattr(module, "check_config"):  # refuse bad settings before they are recorded
         module.check_config(config)
-    stage = open_stage(args.stage_name, config, args.workdir, module.SECTIONS)
-    getattr(module, function)(stage)
+    command = "ddjax " + " ".join(args.stage_words)
+    with open_stage(args.stage_name, config, args.workdir, module.READS, command) as stage:
+        getattr(module, function)(stage)
 
 
 def _add_stage_commands(commands) -> None:
@@ -106,7 +107,8 @@ def _add_stage_commands(commands) -> None:
                            help=f"pipeline directory; this stage writes <workdir>/{directory}")
         stage.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                            help="override a config field, e.g. --set experts.num_experts=4 (repeatable)")
-        stage.set_defaults(handler=_run_stage, stage_target=target, stage_name=directory)
+        stage.set_defaults(handler=_run_stage, stage_target=target, stage_name=directory,
+                           stage_words=words)
 
 
 def build_parser() -> argparse.ArgumentParser:

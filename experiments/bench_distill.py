@@ -26,7 +26,7 @@ import numpy as np
 
 def schedule(num_syn: int, batch: int, steps: int, seed: int = 0):
     """The reference's minibatch order for one unroll, as (idx, mask) arrays."""
-    from ddjax.distill.sampling import SyntheticBatches
+    from ddjax.mkdt.sampling import SyntheticBatches
 
     return SyntheticBatches(num_syn, batch).next_steps(steps, np.random.default_rng(seed))
 
@@ -41,7 +41,7 @@ def time_jax(args) -> list[float]:
     import jax
     import jax.numpy as jnp
 
-    from ddjax.distill.mtt import make_meta_loss, make_outer_step, masked_mse, outer_optimizer
+    from ddjax.mkdt.mtt import make_meta_loss, make_outer_step, masked_mse, outer_optimizer
     from ddjax.models import build_model
     from ddjax.models.registry import dummy_input
 

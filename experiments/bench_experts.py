@@ -1,6 +1,6 @@
 """Benchmark: KD-expert training throughput, E experts vmapped in one program vs one at a time.
 
-Times the compiled epoch function of ``ddjax.experts.train`` (MKDT's expert step: ConvNet, MSE to
+Times the compiled epoch function of ``ddjax.mkdt.experts`` (MKDT's expert step: ConvNet, MSE to
 512-d targets, SGD momentum 0.9, wd 1e-4, batch 256) on random data with CIFAR shapes, and
 reports expert-epochs per hour for a full CIFAR-10 epoch (196 steps), extrapolated from
 ``--steps`` timed steps. Prints one JSON line per configuration.
@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddjax.experts.stage import expert_keys
-from ddjax.experts.train import epoch_permutations, make_epoch_fn, mse_loss_fn, torch_sgd
+from ddjax.mkdt.experts_stage import expert_keys
+from ddjax.mkdt.experts import epoch_permutations, make_epoch_fn, mse_loss_fn, torch_sgd
 from ddjax.models import build_model
 from ddjax.models.registry import dummy_input
 

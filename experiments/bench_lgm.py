@@ -1,6 +1,6 @@
 """Benchmark: one LGM distillation step, time and memory vs augmentation rounds A and probes K.
 
-Times the compiled training step of ``ddjax.distill.lgm`` (decode the pyramid, augment and embed the
+Times the compiled training step of ``ddjax.lgm.step`` (decode the pyramid, augment and embed the
 real batch and the A synthetic copies, K probe gradients, meta-gradient, Adam) on random data with
 CIFAR shapes, ipc images per class for 10 classes. Memory is XLA's own account of the compiled
 step (arguments + outputs + temporaries, ``compiled.memory_analysis()``), which is the peak the
@@ -23,8 +23,8 @@ import jax
 import numpy as np
 
 from ddjax.backbones import Backbone, load_backbone
-from ddjax.distill import pyramid
-from ddjax.distill.lgm import LgmProblem, lgm_optimizer, make_train_step
+from ddjax.lgm import pyramid
+from ddjax.lgm.step import LgmProblem, lgm_optimizer, make_train_step
 from ddjax.models import build_model, init_params
 
 

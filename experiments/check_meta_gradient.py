@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddjax.config import load_config
-from ddjax.distill.mkdt_stage import init_indices
-from ddjax.distill.mtt import make_meta_loss, masked_mse
-from ddjax.distill.sampling import SyntheticBatches
-from ddjax.experts.inputs import load_targets, student_inputs, student_model
-from ddjax.experts.store import TrajectoryStore
-from ddjax.stage import Stage
+from ddjax.mkdt.distill_stage import init_indices
+from ddjax.mkdt.mtt import make_meta_loss, masked_mse
+from ddjax.mkdt.sampling import SyntheticBatches
+from ddjax.mkdt.student import load_targets, student_inputs, student_model
+from ddjax.artifacts.trajectories import TrajectoryStore
+from ddjax.workdir import Stage
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ explodes: see experiments/README.md). Run the chain of experiments/smoke.py with
 ``C=experiments/cpu_cifar10.py``; figures are in experiments/README.md.
 """
 
-from ddjax.pipeline_config import mkdt_config
+from ddjax.mkdt.defaults import mkdt_config
 
 
 def get_config():

@@ -15,7 +15,7 @@ Backbones are normalised with ImageNet mean/std, as the reference does for all f
 
 import ml_collections
 
-from ddjax.distill.lgm_config import lgm_eval_section, lgm_section
+from ddjax.lgm.defaults import lgm_eval_section, lgm_section
 
 BACKBONES = ("clip=clip_vitb", "dinov2=dinov2_vitb", "eva02=eva02_vitb", "mocov3=mocov3_vitb")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import ml_collections
 
 from ddjax.config import load_config
-from ddjax.distill.lgm_config import lgm_eval_section, lgm_section
+from ddjax.lgm.defaults import lgm_eval_section, lgm_section
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -15,7 +15,7 @@ carry a wrapper prefix or extra heads). Without it ``ddjax teacher`` trains one 
 the Barlow Twins recipe (1000 epochs of LARS: an accelerator's job).
 """
 
-from ddjax.pipeline_config import mkdt_config
+from ddjax.mkdt.defaults import mkdt_config
 
 
 def get_config(setting: str = "cifar10_2"):

@@ -11,7 +11,7 @@ MTT's ZCA option. The argument is the number of images per class (default 10).
     # make the init indices first, e.g. a class-balanced subset with ddjax.data.class_balanced_subset
 """
 
-from ddjax.pipeline_config import mkdt_config
+from ddjax.mkdt.defaults import mkdt_config
 
 
 def get_config(images_per_class: str = "10"):

@@ -7,7 +7,7 @@ well under a minute on 2 CPU cores with the CIFAR-10 archive. Tests and quick ch
     ddjax distill mkdt --config $C --workdir $W
 """
 
-from ddjax.pipeline_config import mkdt_config
+from ddjax.mkdt.defaults import mkdt_config
 
 
 def get_config():

@@ -86,7 +86,7 @@ def test_file_argument_selects_a_setting(tmp_path):
 
 
 def test_paper_settings_follow_the_reference_table():
-    from ddjax.pipeline_config import PAPER_DISTILL
+    from ddjax.mkdt.defaults import PAPER_DISTILL
 
     repo = __import__("pathlib").Path(__file__).resolve().parents[1]
     for (dataset, percent), row in PAPER_DISTILL.items():

@@ -76,7 +76,7 @@ def load_backbone(spec: str) -> Backbone:
 def _load_ddjax_encoder(spec: str) -> Backbone:
     """``ddjax:<teacher dir>``: a ``ddjax teacher`` artifact (eval mode, its dataset's constants)."""
     from ddjax.data import get_spec
-    from ddjax.ssl.teacher_artifact import load_teacher
+    from ddjax.artifacts.teacher import load_teacher
 
     _, _, directory = spec.partition(":")
     if not directory:

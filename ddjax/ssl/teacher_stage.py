@@ -42,12 +42,12 @@ from ddjax.runlog import print_summary, progress
 from ddjax.ssl import recipes
 from ddjax.ssl.knn import knn_accuracy
 from ddjax.ssl.optim import make_schedule
-from ddjax.ssl.teacher_artifact import (ENCODER, META, build_encoder, encode_images,
+from ddjax.artifacts.teacher import (ENCODER, META, build_encoder, encode_images,
                                         encoder_variables, feature_dim, is_complete, write_artifact)
 from ddjax.ssl.torch_import import encoder_state_dict
 from ddjax.ssl.train import init_ssl_state, make_ssl_train_step
 
-SECTIONS = ("seed", "data", "teacher")
+READS = ("seed", "data", "teacher")
 METHODS = {"barlow_twins": recipes.barlow_twins_cifar, "simclr": recipes.simclr_cifar}
 # teacher-section field -> TeacherRecipe field; None in the config keeps the recipe's value.
 RECIPE_FIELDS = {"epochs": "epochs", "batch_size": "batch_size", "optimizer": "optimizer_name",

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddjax.distill import lgm_augment as aug
+from ddjax.lgm import augment as aug
 
 # Jitted once each: op-by-op dispatch would compile every primitive separately.
 augment = jax.jit(aug.augment, static_argnums=2)

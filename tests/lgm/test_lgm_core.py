@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddjax.distill import lgm, pyramid
+from ddjax.lgm import step as lgm
+from ddjax.lgm import pyramid
 
 
 def test_closed_form_probe_gradient_equals_jax_grad():

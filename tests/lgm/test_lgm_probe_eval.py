@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ddjax.distill.lgm import Probes
-from ddjax.eval import lgm_probe
-from ddjax.eval.lgm_alignment import mutual_knn_alignment, spearman
-from ddjax.eval.lgm_baselines import centroid_indices, neighbor_indices
+from ddjax.lgm.step import Probes
+from ddjax.lgm import probe as lgm_probe
+from ddjax.lgm.alignment import mutual_knn_alignment, spearman
+from ddjax.lgm.baselines import centroid_indices, neighbor_indices
 
 
 def test_learning_rate_rule_and_cosine_schedule():

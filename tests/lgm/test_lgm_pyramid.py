@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddjax.distill import pyramid
+from ddjax.lgm import pyramid
 
 
 def numpy_bilinear(img_hwc: np.ndarray, out: int) -> np.ndarray:

@@ -9,12 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-import ddjax.distill.lgm_stage as lgm_stage
-import ddjax.eval.lgm_stage as eval_stage
+import ddjax.lgm.distill_stage as lgm_stage
+import ddjax.lgm.eval_stage as eval_stage
 from lgm_helpers import LGM_SMOKE, tiny_backbone
 from ddjax.cli import main
 from ddjax.data import class_balanced_subset, load_arrays
-from ddjax.distill.lgm_artifact import read_image_set, write_image_set
+from ddjax.artifacts.image_set import read_image_set, write_image_set
 
 
 @pytest.fixture

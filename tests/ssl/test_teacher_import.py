@@ -11,7 +11,7 @@ import pytest
 from ddjax.cli import main
 from ddjax.data import load_arrays
 from ddjax.models import TorchLayout, build_model, to_torch_state_dict
-from ddjax.ssl.teacher_artifact import load_teacher
+from ddjax.artifacts.teacher import load_teacher
 from ddjax.ssl.torch_import import encoder_state_dict
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from ddjax.cli import main
 from ddjax.data import load_arrays
 from ddjax.models import build_model
 from ddjax.ssl import represent_stage, teacher_stage
-from ddjax.ssl.teacher_artifact import encoder_digest, write_artifact
+from ddjax.artifacts.teacher import encoder_digest, write_artifact
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "experiments" / "smoke.py")
@@ -111,8 +111,8 @@ def test_represent_rerun_is_noop_and_refuses_another_teacher(smoke_pipeline, cif
 
 def test_representations_are_where_experts_read_them(smoke_pipeline):
     from ddjax.config import load_config
-    from ddjax.experts import inputs as experts_inputs
-    from ddjax.stage import Stage
+    from ddjax.mkdt import student as experts_inputs
+    from ddjax.workdir import Stage
 
     workdir, _ = smoke_pipeline
     assert represent_stage.REPRESENTATIONS_KEY == experts_inputs.REPRESENTATIONS_KEY

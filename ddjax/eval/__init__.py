@@ -1,2 +1,0 @@
-"""Evaluation of distilled sets: linear probes on frozen backbones, baselines, cross-model
-tables."""

@@ -1,0 +1,199 @@
+"""``ddjax distill lgm``: distil one synthetic set per backbone by linear gradient matching.
+
+For every backbone of ``lgm.backbones`` (see :mod:`lgm_backbones`) the stage optimises a pyramid
+(or pixel) set of ``ipc`` images per class with Adam, ``iterations + 1`` steps (0..iterations, as
+the reference), adding a pyramid level every ``pyramid_extent_it`` steps and resetting Adam then.
+Real batches are ``ipc * augs_per_batch * C`` images drawn without replacement from a per-epoch
+permutation of the train split (uniform, not class-balanced; the last partial batch of an epoch is
+dropped). Normalisation uses the backbone's own mean/std (``Backbone.mean/std``): the reference
+normalises every backbone with ImageNet constants, which is what the imported ViTs carry; a ddjax
+encoder carries the constants of the data it was trained on.
+
+Randomness, from ``key(seed)``: the initial level from fold_in 0, the level added at step s from
+fold_in(fold_in 1, s), step s's probes and augmentations from fold_in(fold_in 2, s), epoch e's
+real-batch order from fold_in(fold_in 3, e). The levels and Adam state are checkpointed every
+``checkpoint_every`` steps, so a rerun of the same command resumes exactly. The result is written
+to ``<workdir>/lgm/<tag>/`` as an image set (:mod:`lgm_artifact`) with PNG snapshots of the set
+every ``image_log_every`` steps under ``snapshots/``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from ddjax.checkpoint import RunCheckpointer
+from ddjax.config import config_to_dict
+from ddjax.data.pipeline import dataset_spec, load_split
+from ddjax.lgm import pyramid
+from ddjax.lgm.step import PROBE_GRADS, LgmProblem, committed, lgm_optimizer, make_train_step
+from ddjax.artifacts.image_set import is_complete, read_image_set, write_image_set
+from ddjax.lgm.augment import check_mode
+from ddjax.lgm.backbones import backbone_entries, load_checked
+from ddjax.errors import DdjaxError
+from ddjax.runlog import print_summary, progress
+from ddjax.workdir import Stage
+from ddjax.viz import save_image_grid
+
+READS = ("seed", "data", "lgm")
+SET_DIR = "set"
+
+
+def check_section(lgm) -> None:
+    """Reject settings that cannot work, with what to change."""
+    if lgm.ipc < 1:
+        raise DdjaxError(f"lgm.ipc must be >= 1 (images per class), got {lgm.ipc}")
+    for field in ("augs_per_batch", "num_probes", "pyramid_extent_it", "checkpoint_every",
+                  "log_every"):
+        if lgm[field] < 1:
+            raise DdjaxError(f"lgm.{field} must be >= 1, got {lgm[field]}")
+    if lgm.iterations < 0 or lgm.chunk_size < 0 or lgm.image_log_every < 0:
+        raise DdjaxError("lgm.iterations, lgm.chunk_size and lgm.image_log_every must be >= 0")
+    if lgm.probe_grad not in PROBE_GRADS:
+        raise DdjaxError(f"lgm.probe_grad must be one of {', '.join(PROBE_GRADS)}, "
+                         f"got {lgm.probe_grad!r}")
+    if lgm.distill_mode not in pyramid.DISTILL_MODES:
+        raise DdjaxError(f"lgm.distill_mode must be one of {', '.join(pyramid.DISTILL_MODES)}")
+    if lgm.init_mode not in pyramid.INIT_MODES:
+        raise DdjaxError(f"lgm.init_mode must be one of {', '.join(pyramid.INIT_MODES)}")
+    check_mode(lgm.aug_mode)
+
+
+def check_config(config) -> None:
+    """The CLI's hook: refuse bad ``lgm`` settings before they are recorded."""
+    check_section(config.lgm)
+
+
+def synthetic_labels(num_classes: int, ipc: int) -> np.ndarray:
+    """Class-ordered labels [0]*ipc + [1]*ipc + ... as the reference orders its set."""
+    return np.repeat(np.arange(num_classes, dtype=np.int32), ipc)
+
+
+class RealBatches:
+    """Batch ``step``'s indices: epoch ``step // per_epoch`` of a key-derived permutation, dropping
+    the last partial batch; computed from the step alone, so resuming needs no extra state."""
+
+    def __init__(self, key: jax.Array, n: int, batch: int):
+        if batch > n:
+            raise DdjaxError(f"a real batch of ipc * augs_per_batch * classes = {batch} images "
+                             f"needs that many train images, the split has {n}; "
+                             "lower lgm.augs_per_batch")
+        self.key, self.n, self.batch, self.per_epoch = key, n, batch, n // batch
+        self._epoch, self._perm = -1, None
+
+    def indices(self, step: int) -> np.ndarray:
+        epoch, position = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            key = jax.random.fold_in(self.key, epoch)
+            self._perm = np.asarray(jax.random.permutation(key, self.n))
+        return np.sort(self._perm[position * self.batch:(position + 1) * self.batch])
+
+
+def build_problem(lgm, backbone, syn_res: int, num_classes: int) -> LgmProblem:
+    """The static description of the distillation from the ``lgm`` section and a backbone."""
+    return LgmProblem(features=backbone.features, mean=tuple(backbone.mean),
+                      std=tuple(backbone.std), feature_dim=backbone.feature_dim,
+                      num_classes=num_classes, crop_res=backbone.resolution, syn_res=syn_res,
+                      augs=lgm.augs_per_batch, aug_mode=lgm.aug_mode,
+                      decorrelate=lgm.decorrelate_color, num_probes=lgm.num_probes,
+                      probe_grad=lgm.probe_grad, chunk_size=lgm.chunk_size)
+
+
+def distill_one(stage: Stage, tag: str, spec: str, images: np.ndarray, labels: np.ndarray,
+                data_spec) -> dict:
+    """Distil (or resume, or find done) the set of one backbone; returns its summary figures."""
+    cfg, lgm = stage.config, stage.config.lgm
+    out_dir = stage.directory / tag
+    if is_complete(out_dir / SET_DIR):
+        final = read_image_set(out_dir / SET_DIR)[2].get("final_loss")
+        return {"set": out_dir / SET_DIR, "final_loss": final, "resumed_from": "done"}
+    backbone = load_checked(spec)
+    syn_res = lgm.syn_res or images.shape[1]
+    if not lgm.syn_res and images.shape[1] != images.shape[2]:
+        raise DdjaxError(f"train images are {images.shape[1]}x{images.shape[2]}; set lgm.syn_res")
+    num_classes = data_spec.num_classes
+    problem = build_problem(lgm, backbone, syn_res, num_classes)
+    optimizer = lgm_optimizer(lgm.lr)
+    step_fn = make_train_step(problem, float(lgm.lr))
+    syn_labels = synthetic_labels(num_classes, lgm.ipc)
+    base = jax.random.key(cfg.seed)
+    level_key, step_key = jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
+    batches = RealBatches(jax.random.fold_in(base, 3), len(labels),
+                          lgm.ipc * lgm.augs_per_batch * num_classes)
+    levels = pyramid.init_levels(jax.random.fold_in(base, 0), len(syn_labels),
+                                 mode=lgm.distill_mode, syn_res=syn_res,
+                                 start_res=lgm.pyramid_start_res, init=lgm.init_mode)
+    levels = committed(levels)
+    opt_state, start, recent, active = committed(optimizer.init(levels)), 0, [], 1
+    with RunCheckpointer(out_dir / "resume", max_to_keep=1) as resume:
+        saved = resume.restore_meta()
+        if saved is not None:
+            state, _ = resume.restore({"levels": levels, "opt": opt_state})
+            levels, opt_state = committed(list(state["levels"])), committed(state["opt"])
+            start = int(saved["step"])
+            recent, active = list(saved.get("recent", [])), int(saved["active"])
+        last = lgm.iterations
+        bar = progress(total=last + 1, initial=start, desc=f"lgm {tag}")
+        timer = time.perf_counter()
+        for step in range(start, last + 1):
+            if pyramid.extension_due(step, lgm.pyramid_extent_it) and active < len(levels):
+                levels, active = pyramid.extend_levels(
+                    levels, active, jax.random.fold_in(level_key, step), lgm.init_mode)
+                levels = committed(levels)
+                opt_state = committed(optimizer.init(levels))
+            rows = batches.indices(step)
+            levels, opt_state, loss = step_fn(
+                levels, opt_state, pyramid.active_mask(active, len(levels)), backbone.variables,
+                images[rows], labels[rows], syn_labels, jax.random.fold_in(step_key, step))
+            loss = float(loss)
+            if not np.isfinite(loss):
+                raise DdjaxError(f"LGM meta-loss became {loss} at step {step} for backbone {tag}; "
+                                 "lower lgm.lr")
+            recent = (recent + [loss])[-lgm.log_every:]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", levels=active)
+            if step % lgm.log_every == 0 or step == last:
+                now = time.perf_counter()
+                stage.metrics.write(step, backbone=tag, loss=loss, loss_mean=float(np.mean(recent)),
+                                    levels=active, seconds=round(now - timer, 3))
+                timer = now
+            if lgm.image_log_every and step % lgm.image_log_every == 0:
+                save_image_grid(np.asarray(pyramid.decode_jit(levels, syn_res,
+                                                              lgm.decorrelate_color)),
+                                out_dir / "snapshots" / f"step_{step:06d}.png",
+                                columns=lgm.ipc if lgm.ipc > 1 else len(syn_labels),
+                                scale=max(1, 128 // syn_res))
+            if (step + 1) % lgm.checkpoint_every == 0 or step == last:
+                resume.save(step + 1, {"levels": levels, "opt": opt_state},
+                            {"step": step + 1, "active": active, "recent": recent, "loss": loss})
+        bar.close()
+    final_loss = recent[-1] if recent else None
+    meta = {"method": "lgm", "backbone": spec, "tag": tag, "backbone_name": backbone.name,
+            "feature_dim": backbone.feature_dim, "crop_res": backbone.resolution,
+            "mean": list(backbone.mean), "std": list(backbone.std), "dataset": data_spec.name,
+            "num_classes": num_classes, "class_names": list(data_spec.class_names or []),
+            "ipc": lgm.ipc, "syn_res": syn_res, "steps": last + 1, "final_loss": final_loss,
+            "seed": cfg.seed, "lgm": config_to_dict(lgm)}
+    images01 = np.asarray(pyramid.decode_jit(levels, syn_res, lgm.decorrelate_color))
+    write_image_set(out_dir / SET_DIR, images01, syn_labels, meta,
+                    class_names=data_spec.class_names)
+    return {"set": out_dir / SET_DIR, "final_loss": final_loss, "resumed_from": start}
+
+
+def run(stage: Stage) -> dict:
+    lgm = stage.config.lgm
+    check_section(lgm)
+    entries = backbone_entries(lgm.backbones, stage.workdir)
+    data_spec = dataset_spec(stage.config.data)
+    images, labels = load_split(stage.config.data, "train")
+    started = time.perf_counter()
+    results = {tag: distill_one(stage, tag, spec, images, labels, data_spec)
+               for tag, spec in entries}
+    return print_summary("distill lgm", stage.workdir,
+                         {tag: r["set"] for tag, r in results.items()},
+                         final_loss={tag: r["final_loss"] for tag, r in results.items()},
+                         steps=lgm.iterations + 1,
+                         seconds=round(time.perf_counter() - started, 1))

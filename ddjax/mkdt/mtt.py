@@ -1,0 +1,167 @@
+"""Trajectory matching (MTT, as MKDT uses it) as pure functions of pytrees.
+
+``unroll`` trains a student from an expert's checkpoint ``θ_s`` for N plain-SGD steps on
+synthetic minibatches with the learnable scalar step size, as a ``lax.scan`` whose body is
+``jax.checkpoint``-ed (memory grows with the parameters per step, not with activations).
+``match_loss`` is MTT's normalised distance ‖θ_N − θ*_{s+M}‖² / ‖θ_s − θ*_{s+M}‖² over all
+parameters. ``make_outer_step`` differentiates that through the unroll (second order, no
+truncation) with respect to the synthetic images, their targets and the step size, and applies
+the outer optimiser.
+
+Synthetic minibatches have the reference's sizes (the remainder chunk of a permutation comes
+first and is smaller), so every step's batch is padded to ``batch_syn`` with a 0/1 mask and the
+inner loss is the mean over the real members only. Padding is exact for students without
+cross-sample statistics (instance norm, no norm); BatchNorm students are refused upstream.
+
+The naive MTT-SSL baseline (MKDT's Appendix F) reuses all of this with another inner loss:
+``masked_barlow_twins`` with the experts' two-view augmentation as the ``augment`` hook, so each
+inner step trains on two fresh DSA views of its minibatch (keys ``fold_in(aug_key, s)``, as for
+classic MTT's DSA) and the meta-gradient flows through the augmentation to the images.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ddjax.mkdt.experts import barlow_twins_of_views
+from ddjax.ssl.losses import BARLOW_TWINS_LAMBDA
+
+Params = Any
+InnerLoss = Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
+Augment = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def masked_mse(apply_fn: Callable) -> InnerLoss:
+    """MKDT's inner loss: MSE to the targets, mean over (real batch members) × output dims."""
+
+    def loss(params, images, targets, mask):
+        per_example = jnp.mean((apply_fn({"params": params}, images) - targets) ** 2, axis=-1)
+        return jnp.sum(per_example * mask) / jnp.sum(mask)
+
+    return loss
+
+
+def masked_cross_entropy(apply_fn: Callable) -> InnerLoss:
+    """Classic MTT's inner loss: cross-entropy to label distributions (one-hot rows give the
+    reference's hard-label cross-entropy exactly), mean over real members."""
+
+    def loss(params, images, label_probs, mask):
+        logits = apply_fn({"params": params}, images)
+        per_example = optax.softmax_cross_entropy(logits, label_probs)
+        return jnp.sum(per_example * mask) / jnp.sum(mask)
+
+    return loss
+
+
+def masked_barlow_twins(apply_fn: Callable, lambd: float = BARLOW_TWINS_LAMBDA) -> InnerLoss:
+    """MTT-SSL's inner loss: the Barlow Twins expert loss (``ddjax.mkdt.experts``) on the two
+    views ``[2, B, H, W, C]`` that the experts' ``two_views`` augmentation made of the minibatch,
+    with padded members left out of the batch statistics. There are no targets (the unroll
+    passes None)."""
+
+    def loss(params, views_2B, targets, mask):
+        del targets
+        return barlow_twins_of_views(apply_fn, params, {}, views_2B, lambd, mask)[0]
+
+    return loss
+
+
+def unroll(inner_loss: InnerLoss, params0: Params, images: jax.Array, targets: jax.Array | None,
+           lr: jax.Array, batch_idx_SB: jax.Array, mask_SB: jax.Array, *,
+           remat: bool = True, inner_dtype=None, augment: Augment | None = None,
+           aug_key: jax.Array | None = None) -> Params:
+    """``θ_N`` after ``S = len(batch_idx_SB)`` steps ``θ ← θ − lr·∇L(θ; X[idx], Y[idx])``.
+
+    ``targets`` None (MTT-SSL) passes None to the inner loss.
+    ``inner_dtype`` (e.g. ``jnp.bfloat16``) computes each inner forward/backward in that dtype
+    while the parameters stay float32; None keeps float32 throughout (the reference).
+    ``augment(key, x)`` (DSA in classic MTT; the two-view pair in MTT-SSL) transforms step s's
+    minibatch with ``fold_in(aug_key, s)`` and the inner loss receives what it returns; MKDT uses none.
+    """
+    grad_fn = jax.grad(inner_loss)
+    steps = jnp.arange(batch_idx_SB.shape[0])
+
+    def step(params, batch):
+        idx, mask, s = batch
+        x, y = images[idx], None if targets is None else targets[idx]
+        if augment is not None:
+            x = augment(jax.random.fold_in(aug_key, s), x)
+        if inner_dtype is None:
+            grads = grad_fn(params, x, y, mask)
+        else:
+            low = jax.tree.map(lambda p: p.astype(inner_dtype), params)
+            grads = grad_fn(low, x.astype(inner_dtype), None if y is None else y.astype(inner_dtype),
+                            mask.astype(inner_dtype))
+        return jax.tree.map(lambda p, g: p - lr * g.astype(p.dtype), params, grads), None
+
+    params_N, _ = jax.lax.scan(jax.checkpoint(step) if remat else step, params0,
+                               (batch_idx_SB, mask_SB, steps))
+    return params_N
+
+
+def squared_distance(a: Params, b: Params) -> jax.Array:
+    """Σ over every parameter of (a − b)²."""
+    return sum(jnp.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def match_loss(params_N: Params, params_start: Params, params_target: Params) -> jax.Array:
+    """‖θ_N − θ*‖² / ‖θ_s − θ*‖²: 1 when the student did not move, 0 when it reached θ*."""
+    return squared_distance(params_N, params_target) / squared_distance(params_start, params_target)
+
+
+def make_meta_loss(inner_loss: InnerLoss, *, remat: bool = True, inner_dtype=None,
+                   augment: Augment | None = None):
+    """``meta_loss(syn, start, target, idx_SB, mask_SB, aug_key)``; ``syn`` = {images, targets, lr},
+    without ``targets`` for inner losses that have none (MTT-SSL)."""
+
+    def meta_loss(syn, params_start, params_target, batch_idx_SB, mask_SB, aug_key=None):
+        params_N = unroll(inner_loss, params_start, syn["images"], syn.get("targets"), syn["lr"],
+                          batch_idx_SB, mask_SB, remat=remat, inner_dtype=inner_dtype,
+                          augment=augment, aug_key=aug_key)
+        return match_loss(params_N, params_start, params_target)
+
+    return meta_loss
+
+
+def outer_optimizer(lr_images: float, lr_targets: float, lr_lr: float, momentum: float = 0.5,
+                    clip_norm: float = 0.0) -> optax.GradientTransformation:
+    """The reference's three ``torch.optim.SGD(momentum=0.5)``: one per learnable, no clipping.
+
+    A learnable with lr 0 (e.g. fixed labels in classic MTT) is left untouched. ``clip_norm`` > 0
+    (an option, not the reference) clips each learnable's meta-gradient to that norm first: long
+    unrolls can make the exact meta-gradient explode (see ``docs`` in experiments/README.md).
+    """
+    def sgd(lr):
+        if not lr:
+            return optax.set_to_zero()
+        step = optax.sgd(lr, momentum=momentum)
+        return optax.chain(optax.clip_by_global_norm(clip_norm), step) if clip_norm else step
+
+    # Labels from the learnables present: a synthetic set without targets (MTT-SSL) leaves the
+    # targets' transform unused.
+    return optax.multi_transform({"images": sgd(lr_images), "targets": sgd(lr_targets), "lr": sgd(lr_lr)},
+                                 lambda syn: {name: name for name in syn})
+
+
+def make_outer_step(meta_loss: Callable, optimizer: optax.GradientTransformation):
+    """Build the jitted ``step(syn, opt_state, starts, targets, idx, mask, aug_keys)``.
+
+    ``starts``/``targets`` (and ``idx``/``mask``/``aug_keys``) carry a leading axis of E experts
+    matched in this step (E = 1 is the reference); their meta-gradients are averaged. Returns the
+    new ``syn`` and optimiser state, the mean loss and the gradient of each learnable.
+    """
+
+    def mean_loss(syn, starts, targets, idx, mask, aug_keys):
+        losses = jax.vmap(meta_loss, in_axes=(None, 0, 0, 0, 0, 0))(syn, starts, targets, idx, mask, aug_keys)
+        return jnp.mean(losses)
+
+    def step(syn, opt_state, starts, targets, idx, mask, aug_keys):
+        loss, grads = jax.value_and_grad(mean_loss)(syn, starts, targets, idx, mask, aug_keys)
+        updates, opt_state = optimizer.update(grads, opt_state, syn)
+        return optax.apply_updates(syn, updates), opt_state, loss, grads
+
+    return jax.jit(step)

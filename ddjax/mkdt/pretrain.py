@@ -1,0 +1,117 @@
+"""MKDT's evaluation encoders: pre-train fresh networks on a set, then read their frozen features.
+
+Pre-training (mkdt.md §5.1): a fresh encoder regresses the set's targets (learned targets of a
+distilled set, teacher representations of a real subset) by MSE, mean over batch x dims, with
+PyTorch SGD (momentum 0.9, weight decay 1e-4, constant lr), batches of 256 from a fresh shuffle
+every epoch with the last partial batch kept, 20 epochs, no augmentation. Several seeds train
+at once in one vmapped program (``ddjax.mkdt.experts.make_epoch_fn``). Sets of the naive MTT-SSL
+baseline have no targets: they pre-train with their experts' objective (Barlow Twins on two DSA
+views), the natural reading of MKDT's Appendix F, which has no code.
+
+Seed ``s`` initialises its encoder from ``fold_in(key(s), 0)`` and orders its data from
+``fold_in(key(s), 1)`` (views of MTT-SSL sets from ``fold_in(key(s), 3)``, then epoch and
+step); every pre-training set shares these keys, so rows of a results table
+differ only in their data (the reference seeds its encoders from the clock, mkdt.md §10.19).
+
+Features (§5.2): the flattened trunk output, raw. BatchNorm networks (ResNet-10/18) give test
+features in eval mode; their train features come, as in the reference's ``le_run``, from train
+mode over consecutive batches of 256 that also update the running statistics the test features
+then use (``train_mode=True``); ``train_mode=False`` reads both in eval mode.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddjax.mkdt.experts import epoch_permutations, make_epoch_fn, mse_loss_fn, torch_sgd
+from ddjax.models.registry import dummy_input
+from ddjax.runlog import progress
+
+Prepare = Callable[[np.ndarray], np.ndarray]
+
+
+def seed_keys(seeds, purpose: int) -> jax.Array:
+    """``[S]`` keys ``fold_in(key(seed), purpose)``: 0 encoder init, 1 data order, 2 probe init,
+    3 pre-training augmentation (MTT-SSL sets)."""
+    return jnp.stack([jax.random.fold_in(jax.random.key(int(s)), purpose) for s in seeds])
+
+
+def init_encoders(model, keys: jax.Array, image_size) -> tuple[dict, dict]:
+    """``(params_S, model_state_S)``: one fresh network per key; the state holds the variable
+    collections other than ``params`` (``batch_stats``) and is ``{}`` without BatchNorm."""
+    variables = jax.vmap(lambda k: model.init(k, dummy_input(image_size)))(keys)
+    state = {name: value for name, value in variables.items() if name != "params"}
+    return variables["params"], state
+
+
+def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, order_keys: jax.Array,
+             *, lr: float, epochs: int, batch_size: int, momentum: float, weight_decay: float,
+             objective: tuple | None = None, aug_keys: jax.Array | None = None,
+             desc: str | None = None) -> tuple[dict, dict, np.ndarray]:
+    """Train every seed's encoder ``epochs`` epochs on ``(images, targets)``; returns the
+    parameters, model states and each seed's last-epoch mean loss ``[S]``. ``objective`` is a
+    ``(loss_fn, augment)`` pair for ``make_epoch_fn`` (MTT-SSL sets: Barlow Twins on two views,
+    drawn from ``aug_keys [S]``); None is MKDT's MSE without augmentation. The arrays of
+    ``params`` and ``state`` are donated to the training program: do not read them afterwards."""
+    optimizer = torch_sgd(lr, momentum, weight_decay)
+    n = len(images)
+    loss_fn, augment = objective or (mse_loss_fn(model.apply), None)
+    epoch_fn = make_epoch_fn(loss_fn, optimizer, min(batch_size, n), augment)
+    opt_state = jax.vmap(optimizer.init)(params)
+    images, targets = jnp.asarray(images, jnp.float32), jnp.asarray(targets, jnp.float32)
+    loss = np.full(order_keys.shape[0], np.nan)
+    bar = progress(total=epochs, desc=desc or "pre-train")
+    for epoch in range(epochs):
+        perms = epoch_permutations(order_keys, epoch, n)
+        epoch_aug = order_keys if aug_keys is None else jax.vmap(
+            lambda k: jax.random.fold_in(k, epoch))(aug_keys)
+        params, state, opt_state, loss = epoch_fn(params, state, opt_state, images, targets, perms,
+                                                  epoch_aug)
+        loss = np.asarray(loss)  # waits for the epoch, so the progress bar's ETA is true
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.mean():.4g}")
+    bar.close()
+    return params, state, loss
+
+
+@functools.lru_cache(maxsize=16)
+def _feature_fn(model, train: bool) -> Callable:
+    """Jitted ``(params_S, state_S, x [S, B, ...]) -> (features [S, B, D], state_S)``."""
+
+    def one(params, state, x):
+        variables = {"params": params, **state}
+        if train and state:
+            z, state = model.apply(variables, x, train=True, mutable=list(state), method="features")
+            return z, state
+        return model.apply(variables, x, method="features"), state
+
+    return jax.jit(jax.vmap(one))
+
+
+def features(model, params, state, images: np.ndarray, indices: np.ndarray, prepare: Prepare, *,
+             batch_size: int, train_mode: bool = False) -> tuple[np.ndarray, dict]:
+    """Features ``[S, n, D]`` of ``images[indices[s]]`` under seed ``s``'s encoder (``indices``
+    is ``[S, n]``, or ``[n]`` for every seed); ``prepare`` turns stored images into network
+    inputs. Eval mode pads the last batch (one compiled shape); ``train_mode`` (BatchNorm
+    networks) runs exact consecutive batches and returns the updated states."""
+    seeds = jax.tree.leaves(params)[0].shape[0]
+    indices = np.broadcast_to(np.asarray(indices), (seeds, np.shape(indices)[-1]))
+    train = train_mode and bool(state)
+    fn = _feature_fn(model, train)
+    n, out = indices.shape[1], []
+    for start in range(0, n, batch_size):
+        picks = indices[:, start:start + batch_size]
+        valid = picks.shape[1]
+        if not train and valid < batch_size:
+            picks = np.concatenate([picks, np.repeat(picks[:, :1], batch_size - valid, axis=1)], 1)
+        x = prepare(images[picks.reshape(-1)]).reshape(seeds, picks.shape[1], *images.shape[1:3], -1)
+        z, new_state = fn(params, state, jnp.asarray(x, jnp.float32))
+        if train:
+            state = new_state
+        out.append(np.asarray(z)[:, :valid])
+    return np.concatenate(out, axis=1).astype(np.float32), state

@@ -1,0 +1,132 @@
+"""The stage protocol: a stage runs in ``<workdir>/<stage>/``, alone, on the config fields it reads.
+
+Opening a stage takes an OS lock on its directory (a second process exits at once, naming the
+holder, before writing anything), records the config fields the stage declares in ``READS`` (a
+rerun with other values is refused; other stages' settings never block it) and hands the stage a
+config holding only those fields, so a field it did not declare cannot be read by mistake. Stages
+find each other's outputs only through ``ddjax.artifacts``. See docs/design.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import ml_collections
+
+from ddjax.config import record_config
+from ddjax.errors import DdjaxError
+from ddjax.runlog import MetricsLog
+
+LOCK_FILE_NAME = ".lock"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """What a stage's ``run`` function receives."""
+
+    name: str
+    config: ml_collections.ConfigDict
+    workdir: Path
+
+    @property
+    def directory(self) -> Path:
+        return self.workdir / self.name
+
+    @property
+    def metrics(self) -> MetricsLog:
+        return MetricsLog(self.directory, self.name)
+
+    def sibling(self, name: str) -> Path:  # TODO(architecture): replaced by artifact paths
+        return self.workdir / name
+
+
+def read_fields(config: ml_collections.ConfigDict, reads: tuple[str, ...],
+                command: str = "this stage") -> ml_collections.ConfigDict:
+    """A config with only the ``reads`` fields (``section`` or ``section.field``) of ``config``.
+
+    A missing section is an error naming it; a missing field is left out (stages read optional
+    fields with ``.get``)."""
+    out = ml_collections.ConfigDict()
+    for dotted in reads:
+        head, *rest = dotted.split(".")
+        if head not in config:
+            raise DdjaxError(f"the config has no {head!r} section, which {command} reads; use a "
+                             "config that has one, e.g. experiments/smoke.py (MKDT) or "
+                             "experiments/smoke.py:lgm (LGM)")
+        if not rest:
+            out[head] = config[head]
+            continue
+        if rest[0] not in config[head]:
+            continue
+        if head not in out:
+            out[head] = ml_collections.ConfigDict()
+        out[head][rest[0]] = config[head][rest[0]]
+    return out
+
+
+@contextlib.contextmanager
+def directory_lock(directory: Path, command: str) -> Iterator[None]:
+    """Hold an exclusive OS lock on ``directory`` (released when the process ends, even by
+    SIGKILL); a second holder gets one line naming the first."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE_NAME
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = _holder(handle.read())
+            raise DdjaxError(f"{directory} is in use by {holder}; wait for it to finish, or use "
+                             "another --workdir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                 "command": command}) + "\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"`{info['command']}` (process {info['pid']} on {info['host']}, since {info['since']})"
+    except (ValueError, KeyError):
+        return "another process"
+
+
+@contextlib.contextmanager
+def open_stage(name: str, config: ml_collections.ConfigDict, workdir: str | Path,
+               reads: tuple[str, ...], command: str = "") -> Iterator[Stage]:
+    """Lock ``<workdir>/<name>``, record the fields the stage reads, and yield the stage."""
+    command = command or " ".join(["ddjax", *sys.argv[1:2]]) or name
+    used = read_fields(config, reads, f"`{command}`")
+    stage = Stage(name, used, Path(workdir).absolute())
+    with directory_lock(stage.directory, command):
+        record_config(stage.directory, used)
+        yield stage
+
+
+def due(step: int, every: int, last: int) -> bool:
+    """True every ``every`` steps and at the ``last`` one (checkpoints, saves, logs)."""
+    return (every > 0 and step % every == 0) or step == last
+
+
+def check_finite(value: float, what: str, advice: str) -> float:
+    """``value`` if finite, else one line saying what diverged and which setting to change."""
+    if not math.isfinite(float(value)):
+        raise DdjaxError(f"{what} became {value}; {advice}")
+    return value
