@@ -15,20 +15,12 @@ Backbones are normalised with ImageNet mean/std, as the reference does for all f
 
 import ml_collections
 
-from ddjax.lgm.defaults import lgm_eval_section, lgm_section
+from ddjax.lgm.defaults import lgm_config
 
 BACKBONES = ("clip=clip_vitb", "dinov2=dinov2_vitb", "eva02=eva02_vitb", "mocov3=mocov3_vitb")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 3407                  # the reference seeds torch/numpy/random with 3407
-    config.data = ml_collections.ConfigDict({
-        "name": "imagenet100",
-        "archive": "",
-        "data_dir": "",
-        "train_subset": 0,
-    })
-    config.lgm = lgm_section(backbones=BACKBONES, syn_res=256)
-    config.lgm_eval = lgm_eval_section()   # 1000 epochs, 5 seeds, every baseline, full data as §7
-    return config
+    # The reference seeds torch/numpy/random with 3407; 1000 evaluation epochs, 5 seeds, every
+    # baseline and full data are lgm_eval's defaults.
+    return lgm_config("imagenet100", seed=3407, lgm={"backbones": BACKBONES, "syn_res": 256})

@@ -1,12 +1,14 @@
-"""The ``lgm`` and ``lgm_eval`` config sections, with the reference's defaults (lgm.md §1, §6-7).
-
-Experiment files build them with ``lgm_section(**changes)`` / ``lgm_eval_section(**changes)``, so
-every field is documented once, here.
+"""LGM's configuration with the reference's defaults (docs/lgm.md): ``lgm_config(dataset)`` is the
+shared ``seed``/``data``/``teacher`` sections plus ``lgm`` and ``lgm_eval``. Experiment files
+change fields with ``lgm_section(**changes)`` / ``lgm_eval_section(**changes)``, so every field is
+documented once, here.
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+from ddjax.defaults import base_config
 
 LGM_DEFAULTS = {
     # "tag=spec" or "spec" per backbone; empty: teacher=ddjax:<workdir>/teacher
@@ -66,3 +68,13 @@ def _section(defaults: dict, changes: dict) -> ml_collections.ConfigDict:
     if unknown:
         raise KeyError(f"unknown field(s) {unknown}; known: {sorted(defaults)}")
     return ml_collections.ConfigDict(dict(defaults, **changes))
+
+
+def lgm_config(dataset: str, *, seed: int = 0, lgm: dict | None = None,
+               lgm_eval: dict | None = None) -> ml_collections.ConfigDict:
+    """The LGM pipeline for ``dataset``: shared sections, then ``lgm`` and ``lgm_eval`` with the
+    given changes."""
+    config = base_config(dataset, seed)
+    config.lgm = lgm_section(**(lgm or {}))
+    config.lgm_eval = lgm_eval_section(**(lgm_eval or {}))
+    return config

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from ddjax.defaults import base_config
 from ddjax.errors import DdjaxError
 
 # mkdt.md §4.4: per-dataset distillation settings (lr_lr 1e-4, lr_labels 1, lr_teacher 0.1 and
@@ -30,42 +31,7 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
     if (dataset, percent) not in PAPER_DISTILL:
         raise DdjaxError(f"no paper setting for {dataset} {percent}%; known: "
                          f"{', '.join(f'{d} {p}%' for d, p in PAPER_DISTILL)}")
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.data = ml_collections.ConfigDict({
-        "name": dataset,
-        "archive": "",          # empty: $DDJAX_ARCHIVE_DIR, else ../shared/data beside the repo
-        "data_dir": "",         # empty: $DDJAX_DATA_DIR, else ~/.cache/ddjax/tfds
-        "train_subset": 0,      # 0: the whole train split; n: a fixed random n of it (small runs)
-    })
-    # The SSL teacher. MKDT used KRR-ST's Barlow Twins ResNet-18 checkpoint: set import_path to that
-    # file to reproduce it; otherwise `ddjax teacher` trains one with the recipe (None = recipe value:
-    # 1000 epochs of LARS, batch 256, projector 2048-2048-2048; an accelerator's job).
-    config.teacher = ml_collections.ConfigDict({
-        "method": "barlow_twins",       # 'barlow_twins' (KRR-ST / solo-learn) or 'simclr' (SAS)
-        "model": "resnet18_teacher",    # torchvision resnet18: 3x3 stem, padding 2, no max-pool/fc
-        "model_kwargs": {},
-        "conv_impl": "auto",
-        "init": "",                     # empty: the model's default init scheme
-        "train_subset": 0,              # train on a seeded subset of the train split; 0 = all
-        "epochs": None,
-        "batch_size": None,
-        "optimizer": None,
-        "lr": None,
-        "weight_decay": None,
-        "warmup_epochs": None,
-        "projector_hidden_dims": None,
-        "projector_output_dim": None,
-        "checkpoint_every_steps": 0,    # 0: checkpoint at the end of every epoch only
-        "knn_every": 10,                # k-NN monitor every this many epochs (and at the end)
-        "knn_k": 200,
-        "knn_temperature": 0.1,
-        "knn_bank": 0,                  # train features in the k-NN bank (seeded subset); 0 = all
-        "knn_test": 0,                  # test images scored (seeded subset); 0 = all
-        "import_path": "",              # .npz / .safetensors / .pt state dict (PyTorch layout)
-        "import_prefix": "",            # stripped from names, e.g. 'module.' or 'backbone.'
-        "import_ignore": (),            # name prefixes to drop, e.g. ('fc.', 'projector.')
-    })
+    config = base_config(dataset)
     config.represent = ml_collections.ConfigDict({
         "teacher": "",                  # empty: <workdir>/teacher
         "batch_size": 500,

@@ -16,7 +16,7 @@ from ddjax.backbones.registry import Backbone, register_family
 from ddjax.models import build_model, init_params
 
 REPO = Path(__file__).resolve().parents[2]
-LGM_SMOKE = str(REPO / "experiments" / "lgm_smoke.py")
+LGM_SMOKE = str(REPO / "experiments" / "smoke.py") + ":lgm"
 
 
 def tiny_backbone(resolution: int = 16, width: int = 8, seed: int = 0, name: str = "tiny",

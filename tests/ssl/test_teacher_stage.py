@@ -12,7 +12,8 @@ from ddjax.checkpoint import load_pytree
 from ddjax.cli import main
 from ddjax.data import load_arrays
 from ddjax.models import build_model
-from ddjax.ssl import represent_stage, teacher_stage
+from ddjax.mkdt import represent_stage
+from ddjax.ssl import teacher_stage
 from ddjax.artifacts.teacher import encoder_digest, write_artifact
 
 REPO = Path(__file__).resolve().parents[2]
