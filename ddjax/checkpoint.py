@@ -2,9 +2,10 @@
 
 Run state is a pytree of arrays (parameters, optimiser states, JAX keys) plus a JSON-compatible
 ``meta`` dict (step counters, data position, a numpy generator's state). Saves are atomic (Orbax
-writes into a temporary directory and renames it once complete), the newest ``max_to_keep`` are
-retained, and restoring the latest step gives back exactly what was saved, so a resumed run
-continues where an uninterrupted one would have been.
+writes into a temporary directory and renames it once complete), the newest ``max_to_keep`` (at
+least two) are retained, and ``restore_latest`` gives back exactly what was saved, so a resumed run
+continues where an uninterrupted one would have been. A checkpoint that cannot be read (a
+truncated file, missing metadata) is reported in one line, moved aside, and the previous one used.
 
 Typed JAX keys (``jax.random.key``) are stored as their raw key data and rebuilt on restore from
 the template's key type; legacy ``uint32[2]`` keys are plain arrays and need nothing special.
@@ -14,6 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import shutil
+import sys
+import time
 
 import jax
 import numpy as np
@@ -63,7 +68,9 @@ def numpy_rng_from_state(state: dict) -> np.random.Generator:
 class RunCheckpointer:
     """Atomic, retained, exactly resumable checkpoints of one run's state in ``directory``."""
 
-    def __init__(self, directory: str | Path, *, max_to_keep: int = 3):
+    def __init__(self, directory: str | Path, *, max_to_keep: int = 2):
+        if max_to_keep < 2:
+            raise ValueError("keep at least two checkpoints, so an unreadable newest one has a fallback")
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -96,6 +103,28 @@ class RunCheckpointer:
         )
         restored = self._manager.restore(int(step), args=args)
         return _data_to_keys(restored["state"], template), dict(restored["meta"])
+
+    def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
+        """``(state, meta)`` of the newest checkpoint that can be restored, None when there is
+        none. An unreadable one is moved to ``<directory>.unreadable/`` (kept for inspection) with a
+        one-line notice on stderr, and the next older one is tried."""
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                return self.restore(template, step)
+            except Exception as err:  # whatever Orbax raises for a damaged checkpoint
+                self._set_aside(step, err)
+        return None
+
+    def _set_aside(self, step: int, err: Exception) -> None:
+        aside = self.directory.with_name(self.directory.name + ".unreadable") / f"{step}-{int(time.time())}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self.directory / str(step)), str(aside))
+        self._manager.reload()
+        reason = (str(err).strip().splitlines() or [""])[0][:160]
+        older = self.latest_step()
+        then = f"resuming from checkpoint {older}" if older is not None else "starting from the beginning"
+        print(f"ddjax: checkpoint {step} in {self.directory} cannot be restored ({type(err).__name__}: "
+              f"{reason}); it was moved to {aside}; {then}", file=sys.stderr, flush=True)
 
     def restore_meta(self, step: int | None = None) -> dict | None:
         """Only the ``meta`` of ``step`` (default: latest), to decide whether the state fits;

@@ -79,15 +79,15 @@ STAGE_COMMANDS = (
 
 def _run_stage(args: argparse.Namespace) -> None:
     from ddjax.config import load_config
-    from ddjax.workdir import open_stage
+    from ddjax.workdir import open_stage, read_fields
 
     module_name, function = args.stage_target.split(":")
     module = importlib.import_module(module_name)
-    config = load_config(args.config, args.set)
+    command = "ddjax " + " ".join(args.stage_words)
+    config = read_fields(load_config(args.config, args.set), module.READS, f"`{command}`")
     if hasattr(module, "check_config"):  # refuse bad settings before they are recorded
         module.check_config(config)
-    command = "ddjax " + " ".join(args.stage_words)
-    with open_stage(args.stage_name, config, args.workdir, module.READS, command) as stage:
+    with open_stage(args.stage_name, config, args.workdir, command) as stage:
         getattr(module, function)(stage)
 
 

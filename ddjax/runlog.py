@@ -1,7 +1,7 @@
 """What a run tells its user: a progress bar with ETA, JSON-lines metrics, a one-line summary.
 
-Every stage writes ``metrics.jsonl`` in its directory (one JSON object per logged step, appended,
-so a resumed run continues the same file) and ends by printing one JSON line naming the stage,
+Every stage writes ``metrics.jsonl`` in its directory (one JSON object per logged step, appended;
+a resumed run first rewinds the file to its checkpoint, so no step appears twice) and ends by printing one JSON line naming the stage,
 its directory, its artifacts and its key figures, which scripts can parse.
 """
 
@@ -56,6 +56,15 @@ class MetricsLog:
         record.update(to_jsonable(metrics))
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+    def rewind(self, step: int, **match: Any) -> None:
+        """Drop the records after ``step`` (of the series whose fields equal ``match``): a run
+        resumed from the checkpoint at ``step`` recomputes them."""
+        kept = [r for r in self.read()
+                if not (r["step"] > step and all(r.get(k) == v for k, v in match.items()))]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(self.path)
 
     def read(self) -> list[dict]:
         if not self.path.exists():

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -110,13 +109,12 @@ def _holder(text: str) -> str:
 
 @contextlib.contextmanager
 def open_stage(name: str, config: ml_collections.ConfigDict, workdir: str | Path,
-               reads: tuple[str, ...], command: str = "") -> Iterator[Stage]:
-    """Lock ``<workdir>/<name>``, record the fields the stage reads, and yield the stage."""
-    command = command or " ".join(["ddjax", *sys.argv[1:2]]) or name
-    used = read_fields(config, reads, f"`{command}`")
-    stage = Stage(name, used, Path(workdir).absolute())
+               command: str) -> Iterator[Stage]:
+    """Lock ``<workdir>/<name>``, record ``config`` (the fields the stage reads, from
+    ``read_fields``) there, and yield the stage."""
+    stage = Stage(name, config, Path(workdir).absolute())
     with directory_lock(stage.directory, command):
-        record_config(stage.directory, used)
+        record_config(stage.directory, config)
         yield stage
 
 

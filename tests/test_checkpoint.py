@@ -36,7 +36,7 @@ def test_round_trip_restores_arrays_keys_and_meta(tmp_path):
 
 
 def test_keeps_only_the_newest(tmp_path):
-    with RunCheckpointer(tmp_path / "ckpt", max_to_keep=2) as checkpointer:
+    with RunCheckpointer(tmp_path / "ckpt") as checkpointer:
         for step in range(5):
             checkpointer.save(step, _state(step))
         assert checkpointer.all_steps() == [3, 4]
@@ -89,12 +89,51 @@ def test_pytree_artifact_round_trip_and_no_overwrite(tmp_path):
         load_pytree(tmp_path / "missing")
 
 
-def test_meta_alone_can_be_read_before_choosing_a_template(tmp_path):
+def _big_state(seed):
+    return {"w": jnp.arange(1000.0) + seed, "count": np.int32(seed)}
+
+
+def _truncate_a_data_file(step_dir):
+    """Halve the largest data file: the one holding the 1000-float array."""
+    data = max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+               key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+
+
+def _delete_metadata(step_dir):
+    (step_dir / "state" / "_METADATA").unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate_a_data_file, _delete_metadata])
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, damage):
+    directory = tmp_path / "ckpt"
+    with RunCheckpointer(directory) as checkpointer:
+        for step in (1, 2):
+            checkpointer.save(step, _big_state(step), {"step": step})
+    damage(directory / "2")
+    with RunCheckpointer(directory) as checkpointer:
+        restored, meta = checkpointer.restore_latest(_big_state(0))
+        assert meta == {"step": 1} and int(restored["count"]) == 1
+        np.testing.assert_array_equal(restored["w"], np.arange(1000.0) + 1)
+        assert checkpointer.all_steps() == [1]
+        checkpointer.save(2, _big_state(2), {"step": 2})  # the run goes on and writes step 2 again
+        assert checkpointer.restore_latest(_big_state(0))[1] == {"step": 2}
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "checkpoint 2" in lines[0] and "resuming from checkpoint 1" in lines[0]
+    kept = list((tmp_path / "ckpt.unreadable").iterdir())  # the damaged one is kept, not deleted
+    assert len(kept) == 1 and kept[0].name.startswith("2-")
+
+
+def test_restore_latest_without_any_readable_checkpoint_starts_over(tmp_path, capsys):
     with RunCheckpointer(tmp_path / "ckpt") as checkpointer:
-        assert checkpointer.restore_meta() is None
-        checkpointer.save(1, {"w": jnp.zeros((2, 3))}, {"group": [0, 1]})
-        checkpointer.save(2, {"w": jnp.ones((1, 3))}, {"group": [2]})
-        assert checkpointer.restore_meta() == {"group": [2]}
-        assert checkpointer.restore_meta(1) == {"group": [0, 1]}
-        restored, _ = checkpointer.restore({"w": jnp.zeros((1, 3))})
-    np.testing.assert_array_equal(restored["w"], np.ones((1, 3)))
+        assert checkpointer.restore_latest(_state(0)) is None
+        checkpointer.save(1, _state(1))
+    _delete_metadata(tmp_path / "ckpt" / "1")
+    with RunCheckpointer(tmp_path / "ckpt") as checkpointer:
+        assert checkpointer.restore_latest(_state(0)) is None
+    assert "starting from the beginning" in capsys.readouterr().err
+
+
+def test_fewer_than_two_kept_checkpoints_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="at least two"):
+        RunCheckpointer(tmp_path / "ckpt", max_to_keep=1)
