@@ -1,20 +1,10 @@
 """One configurable Vision Transformer (Flax linen) for the frozen backbones LGM probes.
 
-DINO, DINOv2, MoCo-v3, OpenAI CLIP and EVA-02 are the same pre-norm transformer with a few
-switches, all fields of :class:`ViTConfig`:
-
-- tokens: a class token, register tokens (DINOv2 ``_reg``, inserted after the position embedding);
-- position: a learned table (resized bicubically to other grids, with DINO's "+0.1" scale-factor
-  rule or a size-based antialiased resize) or MoCo-v3's fixed 2-D sin-cos table; EVA-02's axial
-  rotary embedding (RoPE) on queries and keys;
-- blocks: layer scale (DINOv2), GELU / quick-GELU (CLIP) / SwiGLU (EVA-02), sub-LayerNorms inside
-  the attention output and the MLP (EVA-02 B/L), a LayerNorm before the blocks (CLIP);
-- head: class token or mean of patch tokens, final norm, ``fc_norm`` (EVA-02), a projection (CLIP).
-
-The module returns the backbone's feature ``[N, D]`` (float32) from normalised NHWC images. The
-blocks are one ``nn.scan`` (parameters stacked on a leading depth axis, so compile time does not
-grow with depth), optionally ``jax.checkpoint``-ed for LGM's backward pass to the images, and the
-computation can run in bfloat16 with float32 parameters.
+DINO, DINOv2, MoCo-v3, OpenAI CLIP and EVA-02 are one pre-norm transformer with a few switches,
+all fields of :class:`ViTConfig` (tokens, position tables or RoPE, layer scale, MLP kind, extra
+LayerNorms, pooling, projection). The module returns the feature ``[N, D]`` (float32) of
+normalised NHWC images. Blocks are one ``nn.scan`` (compile time flat in depth), optionally
+``jax.checkpoint``-ed for LGM's backward pass, and can compute in bfloat16. See docs/lgm.md.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
 """The named ViT backbones: architecture, weight layout family, resolution, normalisation, feature.
 
-Every variant is used at 224 x 224 (LGM's crop) and, as in LGM, normalised with the ImageNet
-mean/std whatever its native preprocessing (``native_mean``/``native_std`` record the latter).
-The feature of each family is the one LGM probes (``reference/lgm.md`` §5):
-
-- ``dinov2_*``: the class token after the final LayerNorm (``x_norm_clstoken``); the position
-  table is trained at 518 (37 x 37 patches) and resized bicubically to 16 x 16 with DINO's +0.1 rule
-  (the ``_reg`` variants: four register tokens, size-based antialiased resize);
-- ``clip_*``: ``ln_post`` of the class token times ``proj`` (the projected image embedding, not
-  L2-normalised). LGM's ``clip_vitb`` is ViT-B/32 (the first of its two ``match`` branches);
-  ViT-B/16 is ``clip_vitb16``;
-- ``eva02_*``: the mean of the patch tokens (class token excluded) then ``fc_norm`` (timm's default
-  ``global_pool='avg'``); RoPE, SwiGLU, sub-LayerNorm in the MLP for B and L;
-- ``mocov3_*``: the class token after the final norm, fixed 2-D sin-cos positions;
-- ``dino_*``: DINO v1, the class token after the final norm.
-
-LGM's own keys (``dinov2_vitb``, ``clip_vitb``, ``eva02_vitb``, ``mocov3_vitb``, ...) are aliases.
+Every variant runs at 224 x 224 with the ImageNet mean/std, as in LGM, whatever its native
+preprocessing (recorded in ``native_mean``/``native_std``). ``FEATURES`` says which feature each
+family gives (the one LGM probes) and ``SOURCES`` which official files and layouts import; LGM's
+own keys (``dinov2_vitb``, ``clip_vitb``, ...) are aliases. See docs/lgm.md.
 """
 
 from __future__ import annotations

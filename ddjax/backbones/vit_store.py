@@ -1,12 +1,10 @@
 """Converted ViT weights on disk, and the ViT ``Backbone`` objects built from them.
 
-``ddjax backbone import NAME FILE`` converts an official weights file once (``ddjax.backbones.
-weights``) and stores the parameters with ``ddjax.checkpoint.save_pytree`` (Orbax) plus a
-``meta.json`` (configuration, source file and its SHA-256, dropped keys) in
-``$DDJAX_BACKBONE_DIR/NAME`` (default ``~/.cache/ddjax/backbones/NAME``), where
-``load_backbone("NAME")`` finds it; ``load_backbone("NAME:PATH")`` takes a converted directory or a
-raw weights file (converted in memory). Importing this module registers every named variant and
-LGM's aliases with the backbone registry.
+``ddjax backbone import NAME FILE`` converts an official weights file once and stores it (Orbax
+params plus ``meta.json``: configuration, source file and SHA-256, dropped keys) in
+``$DDJAX_BACKBONE_DIR/NAME`` (default ``~/.cache/ddjax/backbones/NAME``). ``load_backbone("NAME")``
+finds it there; ``load_backbone("NAME:PATH")`` takes a converted directory or a raw weights file.
+Importing this module registers every named variant and LGM's aliases.
 """
 
 from __future__ import annotations
@@ -26,8 +24,9 @@ from ddjax.backbones.registry import Backbone, register_family
 from ddjax.backbones.vit import ViT, param_count
 from ddjax.backbones.vit_configs import (ALIASES, IMAGENET_MEAN, IMAGENET_STD, VARIANTS, ViTVariant,
                                          get_variant)
-from ddjax.backbones.weights import FAMILIES, check_params, convert_state_dict, read_state_dict
+from ddjax.backbones.weights import FAMILIES, check_params, convert_state_dict
 from ddjax.errors import DdjaxError
+from ddjax.models.state_dict_files import read_state_dict
 
 META_FILE = "meta.json"
 PARAMS_DIR = "params"

@@ -1,23 +1,15 @@
-"""Official ViT weights -> ddjax parameters: read a state dict from a local file and convert it
-strictly.
+"""Official ViT weights -> ddjax parameters: convert a state dict strictly.
 
-Nothing is downloaded. A state dict is read from ``.safetensors`` (the safetensors numpy API),
-``.pt``/``.pth``/``.bin``/``.tar`` (PyTorch, including OpenAI CLIP's TorchScript archives) or
-``.npz``. The conversion of each family (``dinov2``, ``dino``, ``mocov3``, ``clip``, ``eva02``; see
-``vit_configs.SOURCES`` for the layouts) lists every key the backbone needs and how it maps onto
-the Flax parameters; a missing key, an unexpected key or a wrong shape is an error naming them, so
-a partially loaded backbone is impossible. Keys that are not part of the backbone's feature are
-dropped by name and reported: a wrapper's other members (CLIP's text tower, MoCo's momentum
-encoder and predictor), heads (``head.*``), DINOv2's ``mask_token`` and TorchScript metadata.
-``ddjax.backbones.vit_store`` stores converted copies and builds the backbones.
+The state dict comes from ``ddjax.models.state_dict_files.read_state_dict`` (nothing is
+downloaded). Each family (``dinov2``, ``dino``, ``mocov3``, ``clip``, ``eva02``; layouts in
+``vit_configs.SOURCES``) lists every key the backbone needs and its Flax parameter; a missing,
+unexpected or misshapen key is an error naming it, so nothing is ever loaded partially. Keys
+outside the feature (text towers, momentum encoders, heads, mask tokens) are dropped and reported.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
-import zipfile
-from pathlib import Path
 from typing import Callable
 
 import jax
@@ -27,93 +19,10 @@ from ddjax.backbones.vit import ViTConfig, param_shapes, sincos_table
 from ddjax.backbones.vit_configs import ViTVariant
 from ddjax.errors import DdjaxError
 
-RAW_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".tar", ".npz")
-_WRAPPERS = ("teacher", "state_dict", "model", "module", "model_ema", "encoder", "backbone")
 _TORCHSCRIPT_METADATA = ("input_resolution", "context_length", "vocab_size")
 # Candidate prefixes in front of a backbone's keys, tried in this order.
 _PREFIXES = ("", "module.base_encoder.", "base_encoder.", "module.", "backbone.", "visual.",
              "model.", "encoder.")
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading files.
-
-
-def _to_numpy(value) -> np.ndarray:
-    """A numpy array, floating point as float32 (bfloat16 and float16 weights are widened)."""
-    if hasattr(value, "detach"):  # a torch tensor
-        value = value.detach().cpu()
-        return (value.float() if value.is_floating_point() else value).numpy()
-    value = np.asarray(value)
-    widen = value.dtype.kind == "f" or value.dtype.name == "bfloat16"
-    return value.astype(np.float32) if widen else value
-
-
-def _is_torchscript(path: Path) -> bool:
-    """Whether ``path`` is a TorchScript archive (OpenAI CLIP's ``.pt``), a zip holding code."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(
-            n.endswith("/constants.pkl") or "/code/__torch__/" in n for n in archive.namelist()
-        )
-
-
-def _read_torch(path: Path):
-    try:
-        import torch
-    except ImportError:
-        raise DdjaxError(
-            f"reading {path} needs PyTorch (pip install torch), or convert it to "
-            ".safetensors or .npz first"
-        ) from None
-    try:
-        if _is_torchscript(path):
-            with warnings.catch_warnings():  # torch.jit.load is deprecated; OpenAI's files need it
-                warnings.simplefilter("ignore")
-                return torch.jit.load(str(path), map_location="cpu").state_dict()
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling refused, corrupt archive, ...
-        raise DdjaxError(f"cannot read {path} with PyTorch: {str(err).splitlines()[0]}") from None
-
-
-def _read_safetensors(path: Path) -> dict:
-    from safetensors.numpy import load_file
-
-    try:  # bfloat16 reads as ml_dtypes' bfloat16 (registered with numpy by jax)
-        return dict(load_file(str(path)))
-    except Exception as err:
-        raise DdjaxError(f"cannot read {path} as safetensors: {str(err).splitlines()[0]}") from None
-
-
-def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """A flat state dict (name -> float32/int numpy array) from a local file; wrappers such as
-    ``{'state_dict': ...}``, ``{'model': ...}``, ``{'encoder': ...}`` or DINO's ``{'teacher': ...}``
-    are unwrapped."""
-    path = Path(path)
-    if not path.is_file():
-        raise DdjaxError(f"weights file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        obj = _read_safetensors(path)
-    elif suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            obj = {name: archive[name] for name in archive.files}
-    elif suffix in (".pt", ".pth", ".bin", ".tar"):
-        obj = _read_torch(path)
-    else:
-        raise DdjaxError(
-            f"{path}: unsupported weights file type {suffix!r}; use one of "
-            f"{', '.join(RAW_SUFFIXES)}"
-        )
-    while isinstance(obj, dict) and not any(hasattr(v, "shape") for v in obj.values()):
-        inner = next((k for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
-        if inner is None:
-            break
-        obj = obj[inner]
-    if not isinstance(obj, dict) or not obj:
-        raise DdjaxError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return {str(k): _to_numpy(v) for k, v in obj.items() if hasattr(v, "shape")}
 
 
 # ---------------------------------------------------------------------------------------------

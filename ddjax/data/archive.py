@@ -1,17 +1,10 @@
 """Local image-folder archives: find them, check their layout, and read their images.
 
-An archive holds `train/{class}/*.jpg|*.jpeg|*.png` and `test/{class}/...`, possibly wrapped in
-one top-level folder (e.g. `cifar10/train/...`), given as a folder, a `.tar` or a `.tar.gz`.
-Images may sit in sub-folders of a class folder (as in Tiny-ImageNet's `train/{wnid}/images/`).
-Hidden files and folders (names starting with '.') and `__MACOSX` are ignored, and so are loose
-files next to `train/` and `test/` (README, LICENSE, ...). Files are ordered the way torchvision's
-`ImageFolder` orders them: by folder, then by name; this is the order `prepare` stores.
-
-Archives are found, in this order: an explicit path (a file, an image folder, or a folder of
-archives); the folder named by `$DDJAX_ARCHIVE_DIR`; the project's shared data folder
-(`<repo>/../shared/data`, where `<repo>` holds the `ddjax` package). In a folder of archives,
-dataset NAME matches `NAME.tar.gz`, `NAME.tgz`, `NAME.tar`, `NAME-*.tar.gz`, `NAME-*.tgz`,
-`NAME-*.tar` (e.g. `cifar10-jpeg.tar.gz`), or a sub-folder `NAME`.
+An archive (a folder, ``.tar`` or ``.tar.gz``) holds ``train/{class}/...`` and ``test/{class}/...``
+images (jpg, jpeg, png; sub-folders allowed), possibly inside one top-level folder; hidden files,
+``__MACOSX`` and loose files are ignored. Files are ordered as torchvision's ``ImageFolder`` does.
+Archives are looked for at an explicit path, then in ``$DDJAX_ARCHIVE_DIR``, then in the shared
+data folder (``<repo>/../shared/data``), as ``NAME.tar.gz``, ``NAME-*.tar.gz``, ... or ``NAME/``.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
-"""Convert an image-folder archive, once, into a TFDS dataset that `tfds` data sources read.
+"""Convert an image-folder archive, once, into a TFDS dataset that ``tfds`` data sources read.
 
-The conversion is a TFDS `GeneratorBasedBuilder` writing `array_record` files, so the result is
-read like any TFDS dataset (`tfds.builder_from_directory(path).as_data_source(split)`), with
-random access and without TensorFlow. It lives in
-`<data_dir>/image_folder_archive/<dataset name>/<version>/`.
-
-- Order: shuffling is disabled and each example's key is its position in the archive's layout
-  (classes in label order, files in `ImageFolder` order), so record i is layout file i.
-- Storage: when every image has the same size, pixels are decoded once (PIL, RGB) and stored as
-  a raw uint8 `Tensor` (`encoding='bytes'`: fast to write and to read back); otherwise as a
-  TFDS `Image` holding the original JPEG/PNG bytes (or a PNG re-encoding of non-RGB images),
-  decoded on read. Every image is decoded once either way, so a broken file fails here.
-- Atomicity: TFDS writes into an `incomplete.*` folder next to the target and renames it only
-  once everything is written; a failed run removes it, and a killed run leaves no folder that
-  looks prepared. A prepared dataset is never rewritten.
+A TFDS ``GeneratorBasedBuilder`` writes ``array_record`` files under
+``<data_dir>/image_folder_archive/<name>/<version>/``, read back with random access and without
+TensorFlow. Record i is layout file i (no shuffling). Same-size images are stored decoded (raw
+uint8), others as their encoded bytes; every image is decoded once here, so a broken file fails
+early. TFDS writes into an ``incomplete.*`` folder renamed at the end, so a killed run leaves
+nothing that looks prepared; a prepared dataset is never rewritten.
 """
 
 from __future__ import annotations

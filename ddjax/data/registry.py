@@ -99,8 +99,8 @@ CIFAR100_CLASSES = (
     "willow_tree", "wolf", "woman", "worm",
 )
 
-# LGM's ImageNet subsets: labels are positions in these lists of ImageNet-1k class indices
-# (lgm.md §8). A local archive for them holds one folder per WordNet id (e.g. n01440764).
+# LGM's ImageNet subsets: labels are positions in these lists of ImageNet-1k class indices, as in
+# the LGM reference. A local archive for them holds one folder per WordNet id (e.g. n01440764).
 IMAGENET100_INDICES = (
     452, 64, 374, 236, 993, 176, 882, 904, 503, 74, 57, 959, 953, 508, 872, 228, 122, 421, 599,
     858, 157, 449, 994, 608, 151, 209, 15, 876, 246, 766, 455, 857, 131, 119, 234, 90, 45, 936,

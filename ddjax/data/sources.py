@@ -1,16 +1,10 @@
 """Open a dataset split by name: from a local image-folder archive, else from TFDS.
 
-Resolution, for `name` with optional `archive` and `data_dir`:
-  1. an explicit `archive` (file or folder): prepared into `data_dir` on first use, and an
-     existing preparation must come from an archive like it;
-  2. a dataset already prepared from an archive in `data_dir`;
-  3. an archive found in `$DDJAX_ARCHIVE_DIR` or the shared data folder: prepared on first use;
-  4. TFDS (`tfds.data_source`), which downloads and prepares when it can. Here `data_dir` is
-     passed through as given (else `$DDJAX_DATA_DIR`, else TFDS's own default folder).
-
-Every source is a random-access TFDS data source whose records are dicts with 'image' (uint8
-HWC) and 'label'. `load_arrays` reads a whole split into memory (CIFAR-scale sets);
-`iterate_batches` streams any subset in batches.
+``name`` (with optional ``archive`` and ``data_dir``) resolves to, in order: an explicit archive
+(prepared into ``data_dir`` on first use); a dataset already prepared from an archive; an archive
+found in ``$DDJAX_ARCHIVE_DIR`` or the shared data folder; TFDS's own builder, which may download.
+Every source is a random-access TFDS data source of ``{'image': uint8 HWC, 'label'}`` records;
+``load_arrays`` reads a whole split into memory, ``iterate_batches`` streams a subset.
 """
 
 from __future__ import annotations

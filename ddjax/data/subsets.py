@@ -17,7 +17,7 @@ from ddjax.errors import DdjaxError
 def label_fraction_indices(n: int, frac: float, seed: int) -> np.ndarray:
     """The labelled subset of MKDT's linear probe: `random.sample(range(n), int(n * frac))`
     with Python's `random` seeded by `seed`, in sample order. Not class-balanced (as in the
-    reference, mkdt.md §5.3)."""
+    reference; docs/mkdt.md, Evaluation)."""
     if not 0.0 < frac <= 1.0:
         raise DdjaxError(f"label fraction must be in (0, 1], got {frac}")
     k = int(n * frac)

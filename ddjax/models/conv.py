@@ -1,25 +1,11 @@
 """2-D convolution on NHWC inputs with HWIO kernels, in three interchangeable implementations.
 
-'lax' calls ``lax.conv_general_dilated``. 'im2col' gathers the kh*kw shifted (strided) slices of
-the padded input, concatenates them on the channel axis and multiplies once by the kernel
-reshaped to (kh*kw*Cin, Cout). 'winograd' computes 3x3, stride-1, padding-1 convolutions by
-Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, 2016): 16 batched (tiles, Cin) x
-(Cin, Cout) matmuls between small add/subtract transforms, 2.25x fewer multiplications than
-im2col; other convolutions fall back to im2col.
-
-All three compute the same function (up to float rounding), but XLA:CPU runs the second-order
-gradients of ``lax.conv`` (the unrolled inner loops of MTT) on a very slow generic path, while
-the other two differentiate into slices, pads, adds and matmuls, which are fast. Winograd's
-derivatives of every order are again Winograd-shaped (its transforms are linear), so it keeps
-its advantage through the meta-gradient: 1.9 s against 2.9 s per unrolled inner step of MKDT's
-ConvNet (width 128, batch 256; experiments/README.md). Its transforms are a fixed cost that
-small convolutions do not repay, and it compiles about twice as slowly.
-
-'auto' picks lax off CPU (cuDNN handles the second-order convolutions). On CPU it picks winograd
-for a convolution that fits it with at least ``WINOGRAD_MIN_CHANNELS`` input channels and
-``WINOGRAD_MIN_INPUT`` input elements (N*H*W*Cin), where it was measured faster through second
-order (``experiments/bench_conv.py``), and im2col for the others (the first layer on RGB images,
-small batches).
+'lax' is ``lax.conv_general_dilated``; 'im2col' gathers the shifted slices and does one matmul;
+'winograd' computes 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3) (other shapes fall back to
+im2col). All compute the same function, but XLA:CPU's second-order gradients of ``lax.conv`` (MTT's
+unrolled inner loops) are very slow, while the other two differentiate into fast matmuls. 'auto'
+picks lax off CPU and, on CPU, winograd where it measured faster (``WINOGRAD_MIN_CHANNELS``,
+``WINOGRAD_MIN_INPUT``), else im2col. Figures: experiments/README.md.
 """
 
 import math

@@ -2,11 +2,9 @@
 
 With the defaults (width 128, depth 3, instance norm, 512 outputs) on 32x32 images it is MKDT's
 student for CIFAR (1,348,608 parameters); depth 4 on 64x64 is its ConvNetD4 for Tiny ImageNet.
-
-Submodules are named after PyTorch's ``nn.Sequential`` indices of that network, where every block
-takes four slots (conv, norm, relu, pool), or three without a norm: 'features_0' (conv),
-'features_1' (norm), 'features_4', ... and 'classifier'. Replacing ``_<digits>`` by ``.<digits>``
-gives the PyTorch state-dict prefix. Parameters are created in PyTorch's ``parameters()`` order.
+Submodules are named after the PyTorch ``nn.Sequential`` indices ('features_0' conv, 'features_1'
+norm, 'features_4', ..., 'classifier'; four slots per block, three without a norm), and parameters
+are created in PyTorch's ``parameters()`` order, so ``ddjax.models.params`` maps them one to one.
 """
 
 from typing import ClassVar

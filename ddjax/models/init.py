@@ -1,18 +1,10 @@
 """Weight initialisation schemes for convolution and linear layers.
 
-The expert trajectories and the inner learning rate of MKDT depend on how a fresh student is
-initialised, so the default reproduces PyTorch ('torch'). The schemes:
-
-- 'torch': PyTorch's default for ``nn.Conv2d`` / ``nn.Linear``. The weight is kaiming-uniform with
-  a = sqrt(5), which works out to U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias is drawn from the
-  same interval.
-- 'torchvision': what torchvision's ResNet does on top of that. Convolution weights are
-  kaiming-normal (fan_out, ReLU gain), i.e. N(0, 2/fan_out) without truncation; linear layers and
-  biases keep the 'torch' default.
-- 'flax': Flax's own defaults (LeCun-normal weights, zero biases).
-
-Here fan_in is in_channels * kh * kw for a convolution and in_features for a linear layer.
-Normalisation layers are not covered: every scheme starts them at scale 1 and bias 0.
+MKDT's expert trajectories and inner learning rate depend on a fresh student's initialisation, so
+the default reproduces PyTorch. 'torch': ``nn.Conv2d``/``nn.Linear`` defaults, weights and biases
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)); 'torchvision': as torchvision's ResNet, convolution weights
+N(0, 2/fan_out) (kaiming-normal, fan_out, no truncation), the rest as 'torch'; 'flax': LeCun-normal
+weights, zero biases. Normalisation layers always start at scale 1, bias 0.
 """
 
 import math

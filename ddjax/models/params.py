@@ -1,23 +1,11 @@
-"""Parameter vectors, and conversion of ddjax network variables to and from PyTorch's layout.
+"""Conversion of ddjax network variables to and from the PyTorch state dict they mirror.
 
-`ParamFlattener` turns a parameter tree into one vector and back (for trajectory matching and
-anything else that treats parameters as a point in R^P). Its order is JAX's tree order (dict keys
-sorted), whatever the insertion order of the dicts.
-
-`TorchLayout` describes how the variables of a ddjax network map onto the state dict of the
-PyTorch network it mirrors (MTT's ConvNet, torchvision-named ResNets):
-
-- a Flax path maps to a PyTorch name by replacing ``_<digits>`` with ``.<digits>`` in each part
-  ('layer1_0' / 'downsample_1' -> 'layer1.0' / 'downsample.1') and renaming the leaf ('kernel'
-  and 'scale' -> 'weight', 'mean' / 'var' -> 'running_mean' / 'running_var');
-- convolution kernels go HWIO <-> OIHW, linear kernels (in, out) <-> (out, in);
-- the linear head reads the trunk output flattened in NHWC order here but in NCHW order in
-  PyTorch, so its input rows are permuted as well (when the flattened map is larger than 1x1);
-- every batch norm also gets PyTorch's 'num_batches_tracked' counter. Flax does not count batches,
-  so it is exported as 0 and ignored on import (PyTorch only reads it when momentum is None).
-
-The order of the layout is PyTorch's state-dict order; its 'params' entries are in
-``parameters()`` order, which is the order of MKDT's flat parameter vectors and trajectories.
+:class:`TorchLayout` maps each Flax variable of a network (MTT's ConvNet, torchvision-named
+ResNets) to its PyTorch name and layout: ``_<digits>`` -> ``.<digits>`` in module names, leaves
+renamed (kernel/scale -> weight, mean/var -> running_mean/running_var), kernels HWIO <-> OIHW and
+(in, out) <-> (out, in), the head's input rows permuted between NHWC and NCHW flattening, and
+PyTorch's ``num_batches_tracked`` (exported as 0, ignored on import). Entries are in PyTorch's
+state-dict order.
 """
 
 import dataclasses
@@ -31,43 +19,6 @@ import numpy as np
 from ddjax.errors import DdjaxError
 from ddjax.models.layers import Encoder
 from ddjax.models.registry import dummy_input
-
-
-class ParamFlattener:
-    """Flattens trees shaped like `template` into a 1-D vector and back; usable under jit.
-
-    `template` may hold arrays or ``jax.ShapeDtypeStruct`` leaves. For trees whose leaves carry an
-    extra leading axis (several parameter sets stacked, e.g. vmapped experts) use
-    ``jax.vmap(flattener.flatten)`` and ``jax.vmap(flattener.unflatten)``. `unflatten` gives its
-    leaves the vector's dtype.
-    """
-
-    def __init__(self, template):
-        leaves, self._treedef = jax.tree_util.tree_flatten(template)
-        self._shapes = [tuple(leaf.shape) for leaf in leaves]
-        self._offsets = np.cumsum([0] + [int(np.prod(s)) for s in self._shapes]).tolist()
-        self.size = self._offsets[-1]
-
-    def flatten(self, tree):
-        """The leaves of `tree` raveled and concatenated in tree order."""
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
-        if treedef != self._treedef:
-            raise DdjaxError(
-                f"tree structure {treedef} does not match the template {self._treedef}"
-            )
-        shapes = [tuple(leaf.shape) for leaf in leaves]
-        if shapes != self._shapes:
-            raise DdjaxError(f"leaf shapes {shapes} do not match the template's {self._shapes}")
-        return jnp.concatenate([jnp.ravel(leaf) for leaf in leaves])
-
-    def unflatten(self, vec):
-        """The tree whose flattening is `vec`."""
-        if tuple(vec.shape) != (self.size,):
-            raise DdjaxError(f"expected a vector of shape ({self.size},), got {tuple(vec.shape)}")
-        bounds = zip(self._offsets, self._offsets[1:], self._shapes)
-        leaves = [vec[a:b].reshape(shape) for a, b, shape in bounds]
-        return jax.tree_util.tree_unflatten(self._treedef, leaves)
-
 
 _TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias",
                "mean": "running_mean", "var": "running_var"}
@@ -184,15 +135,6 @@ class TorchLayout:
                                           "counter"))
         return cls(type(model).__name__, tuple(entries))
 
-    @property
-    def param_entries(self) -> tuple[TorchEntry, ...]:
-        """The entries of PyTorch's ``parameters()``, in order."""
-        return tuple(e for e in self.entries if e.collection == "params")
-
-    @property
-    def num_params(self) -> int:
-        return sum(int(np.prod(e.shape)) for e in self.param_entries)
-
 
 def _get(variables, entry: TorchEntry):
     node = variables.get(entry.collection) if isinstance(variables, Mapping) else None
@@ -251,28 +193,3 @@ def from_torch_state_dict(state_dict, layout: TorchLayout) -> dict:
             _put(variables, (e.collection,) + e.path, jnp.asarray(value))
     return variables
 
-
-def torch_flat_vector(variables: dict, layout: TorchLayout):
-    """PyTorch's ``parameters()`` in order, each in PyTorch layout, raveled and concatenated.
-
-    This is the flat parameter vector of MKDT / MTT (and of their stored trajectories). Works on
-    jax arrays under jit and grad.
-    """
-    parts = [jnp.ravel(e.to_torch(_get(variables, e))) for e in layout.param_entries]
-    return jnp.concatenate(parts)
-
-
-def from_torch_flat_vector(vec, layout: TorchLayout) -> dict:
-    """``{'params': ...}`` from a PyTorch-order flat parameter vector (inverse of
-    `torch_flat_vector`). Running statistics are not parameters, so batch-norm networks need their
-    'batch_stats' from elsewhere."""
-    vec = jnp.asarray(vec)
-    if vec.shape != (layout.num_params,):
-        raise DdjaxError(f"{layout.model_name} has {layout.num_params} parameters; "
-                         f"got a vector of shape {tuple(vec.shape)}")
-    params, offset = {}, 0
-    for e in layout.param_entries:
-        size = int(np.prod(e.shape))
-        _put(params, e.path, e.from_torch(vec[offset:offset + size].reshape(e.torch_shape)))
-        offset += size
-    return {"params": params}

@@ -1,15 +1,10 @@
 """CIFAR-style ResNets with BasicBlocks: the SSL teachers and MKDT's ResNet10/18 evaluation nets.
 
-The stem is a 3x3 stride-1 convolution without bias (padding 1, or 2 for the KRR-ST Barlow Twins
-teacher, which turns a 32x32 input into a 34x34 map), batch norm and ReLU, with no max-pool. Four
-stages of BasicBlocks follow (64, 128, 256, 512 channels; stride 2 from the second stage on; a
-1x1 convolution + norm shortcut wherever the shape changes). Pooling is 'global' (adaptive average
-pooling, as torchvision's resnet18 used as a teacher) or 'avg4' (``avg_pool2d(out, 4)`` then
-flatten, as MKDT's evaluation ResNets; the same as 'global' on 32x32 inputs).
-
-Names follow torchvision ('conv1', 'bn1', 'layer1_0' holding 'conv1', 'bn1', 'conv2', 'bn2',
-'downsample_0', 'downsample_1', and 'fc'), so ``_<digits>`` -> ``.<digits>`` gives the PyTorch
-state-dict prefix, and parameters are created in PyTorch's ``parameters()`` order.
+Stem: 3x3 stride-1 convolution without bias (padding 1, or 2 for KRR-ST's Barlow Twins teacher),
+batch norm, ReLU, no max-pool; then four stages of BasicBlocks (64-512 channels, 1x1 conv + norm
+shortcuts). Pooling is 'global' (as torchvision's resnet18 teacher) or 'avg4' (``avg_pool2d(out,
+4)``, MKDT's evaluation ResNets). Names follow torchvision ('layer1_0', 'downsample_0', 'fc', ...)
+and parameters are created in PyTorch's ``parameters()`` order (see ``ddjax.models.params``).
 """
 
 from typing import ClassVar, Sequence

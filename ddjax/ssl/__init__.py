@@ -23,13 +23,7 @@ from ddjax.ssl.losses import (
 )
 from ddjax.ssl.optim import make_optimizer, make_schedule
 from ddjax.ssl.recipes import TeacherRecipe
-from ddjax.ssl.train import (
-    SSLTrainState,
-    encode_in_batches,
-    init_ssl_state,
-    make_encode_fn,
-    make_ssl_train_step,
-)
+from ddjax.ssl.train import SSLTrainState, init_ssl_state, make_ssl_train_step
 
 __all__ = [
     "AugmentConfig",
@@ -50,8 +44,6 @@ __all__ = [
     "make_schedule",
     "TeacherRecipe",
     "SSLTrainState",
-    "encode_in_batches",
     "init_ssl_state",
-    "make_encode_fn",
     "make_ssl_train_step",
 ]

@@ -1,28 +1,10 @@
 """On-device SSL view augmentation for NHWC float images in [0, 1].
 
-Two random views per image, made by the torchvision pipeline that SSL recipes use:
-``RandomResizedCrop -> RandomHorizontalFlip -> RandomApply(ColorJitter, p) -> RandomGrayscale
--> [GaussianBlur] -> [Solarize]``. Each sample gets its own key and the per-sample function is
-``vmap``-ped, so a whole batch is augmented inside one jitted step with no host round trip.
-
-Semantics follow torchvision:
-
-- Crop box: up to ``crop_attempts`` (10) candidates of area ``U(scale) * H * W`` and log-uniform
-  aspect ratio; the first that fits is used, else the centre crop clamped to the ratio range.
-  The candidates are drawn all at once (jittable); the distribution is torchvision's, the random
-  stream is not. The box is then resampled to the output size exactly as PIL's
-  ``crop(box).resize(size)`` does ('bilinear' = triangle, 'bicubic' = Keys a=-0.5, both with
-  edge-aligned half-pixel coordinates, renormalised at the crop borders, widened when shrinking).
-- ColorJitter: factors ``U[max(0, 1-s), 1+s]`` for brightness, contrast and saturation, hue
-  shift ``U[-h, h]`` (in turns) applied in HSV, in a random order per sample; an op whose
-  strength is 0 is skipped, as torchvision does.
-- Grayscale: ITU-R 601-2 luma (0.299 R + 0.587 G + 0.114 B, PIL's ``convert('L')``),
-  replicated to three channels.
-- GaussianBlur: torchvision's separable kernel with ``sigma ~ U(blur_sigma)`` and reflect padding.
-- Solarize: pixels >= threshold become ``1 - x`` (PIL ``solarize(128)`` is threshold 0.5).
-
-Differences that remain: the maths is float, not PIL's uint8 with its rounding. Normalisation
-by the dataset mean/std is the caller's job, after augmentation.
+Two random views per image, by the torchvision pipeline SSL recipes use: ``RandomResizedCrop ->
+RandomHorizontalFlip -> RandomApply(ColorJitter, p) -> RandomGrayscale -> [GaussianBlur] ->
+[Solarize]``, with torchvision's distributions (not its random stream) and PIL's resampling, in
+float rather than PIL's uint8. Each sample has its own key and the per-sample function is
+vmapped, so a batch is augmented inside one jitted step. Normalisation is the caller's job.
 """
 
 from __future__ import annotations

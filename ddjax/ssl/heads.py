@@ -1,16 +1,10 @@
-"""Projector MLPs that sit on the 512-d encoder output during SSL training only.
+"""Projector MLPs on the 512-d encoder output, used during SSL teacher training only.
 
-MKDT's teachers keep the encoder and drop the projector after training, so these heads matter
-only for training a teacher. Layers use PyTorch's default ``nn.Linear`` initialisation
-(weights and biases ``U(+-1/sqrt(fan_in))``) so that runs start like the reference code, and
-BatchNorm with PyTorch's defaults (momentum 0.1, i.e. Flax ``momentum=0.9``; eps 1e-5).
-
-- :class:`BarlowTwinsProjector`: ``[Linear -> BN -> ReLU] * len(hidden_dims) -> Linear``.
-  Defaults are solo-learn's CIFAR recipe (2048-2048-2048, linear layers with bias); the Barlow
-  Twins official ImageNet code uses 8192-8192-8192 without biases (``use_bias=False``).
-- :class:`SimCLRProjector`: SAS's head ``Linear(no bias) -> BN -> ReLU -> Linear(no bias) ->
-  BN(no affine)`` with hidden width = input width (512) and output 128; ``batch_norm=False``
-  gives the plain ``Linear -> ReLU -> Linear`` head of the original SimCLR CIFAR code.
+Layers start as PyTorch's (``nn.Linear`` weights and biases ``U(+-1/sqrt(fan_in))``; BatchNorm
+momentum 0.1, eps 1e-5) so runs start like the reference code. :class:`BarlowTwinsProjector`:
+``[Linear -> BN -> ReLU] * len(hidden_dims) -> Linear`` (solo-learn's CIFAR 2048-2048-2048 by
+default). :class:`SimCLRProjector`: SAS's ``Linear -> BN -> ReLU -> Linear -> BN(no affine)``,
+512 -> 512 -> 128, or plain ``Linear -> ReLU -> Linear`` with ``batch_norm=False``.
 """
 
 from __future__ import annotations

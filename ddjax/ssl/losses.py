@@ -1,20 +1,10 @@
 """SSL objectives on projector outputs: Barlow Twins and SimCLR's NT-Xent.
 
-Both take the two views' projections ``z1_BD``, ``z2_BD`` (row *b* of each is the same source
-image) and return a scalar to minimise. They are pure ``jnp`` functions, so they jit, vmap and
-differentiate like any other.
-
-Where the defaults come from:
-
-- ``barlow_twins_loss``: the Barlow Twins paper (Zbontar et al., 2021) and its official code
-  standardise each projector dimension over the batch with a ``BatchNorm1d(affine=False)`` in
-  training mode (biased variance, eps 1e-5) and use lambda = 5.1e-3 (0.0051). solo-learn's CIFAR
-  Barlow Twins recipe keeps lambda = 0.0051 and multiplies the whole loss by ``scale_loss = 0.1``
-  (its ``scripts/pretrain/cifar/barlow.yaml``); ``scale`` reproduces that multiplier.
-- ``nt_xent_loss``: SimCLR's normalised-temperature cross entropy. SAS (Joshi & Mirzasoleiman,
-  the SimCLR teacher of MKDT) uses temperature 0.5 by default, cosine similarity between
-  projections, the same-image view as the single positive and the other 2B-2 projections as
-  negatives, averaged over all 2B anchors.
+Both take the two views' projections ``z1_BD``, ``z2_BD`` (row b of each from the same image) and
+return a scalar to minimise; they are pure ``jnp``. ``barlow_twins_loss`` standardises each
+dimension over the batch as the official code's ``BatchNorm1d(affine=False)`` (biased variance,
+eps 1e-5), lambda 0.0051, and ``scale`` for solo-learn's ``scale_loss = 0.1``. ``nt_xent_loss``
+is SAS's SimCLR loss (temperature 0.5, cosine similarity, 2B-2 negatives, mean over 2B anchors).
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
 """Optimisers for SSL teacher training: LARS, SGD, Adam (L2) and AdamW, with lr schedules.
 
-``make_optimizer`` returns an ``optax.GradientTransformation`` over the whole parameter pytree
-(encoder and projector). Weight decay follows each reference:
-
-- 'lars': ``optax.lars``; biases and normalisation parameters (every parameter with fewer than
-  two dimensions) get neither weight decay nor the trust-ratio adaptation by default, as in the
-  Barlow Twins code and solo-learn's ``exclude_bias_n_norm``. solo-learn additionally clips the
-  LARS local lr (``clip_lr``); optax has no such option, so it is not reproduced.
-- 'sgd': PyTorch SGD, i.e. L2 added to the gradient before momentum.
-- 'adam': PyTorch ``Adam(weight_decay=...)``, i.e. L2 added to the gradient (SAS's SimCLR).
-- 'adamw': decoupled weight decay (``optax.adamw``).
-
-Schedules: 'cosine' is linear warmup from ``warmup_init_lr`` to ``lr`` over ``warmup_steps``,
-then a cosine to ``end_lr`` at ``total_steps`` (solo-learn's ``warmup_cosine`` stepped per
-iteration); 'constant' is ``lr`` throughout (SAS).
+``make_optimizer`` returns one ``optax.GradientTransformation`` over encoder and projector.
+'lars' (``optax.lars``) excludes biases and norms (parameters of rank < 2) from weight decay and
+trust-ratio adaptation, as Barlow Twins and solo-learn (whose LARS ``clip_lr`` is not reproduced);
+'sgd' and 'adam' add L2 to the gradient as PyTorch does; 'adamw' decays decoupled. Schedules:
+'cosine' (linear warmup, then cosine to ``end_lr``, per step, solo-learn) or 'constant' (SAS).
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
-"""Teacher-training recipes: every hyperparameter of one SSL run, with where it comes from.
+"""Teacher-training recipes: every hyperparameter of one SSL run.
 
 A :class:`TeacherRecipe` is plain data; ``loss_fn()``, ``projector()`` and
-``optimizer(steps_per_epoch)`` turn it into the objects :func:`make_ssl_train_step` takes.
-
-- ``barlow_twins_cifar``: MKDT's Barlow Twins teacher is KRR-ST's ResNet-18 checkpoint. KRR-ST's
-  repository (db-Lee/selfsup_dd) ships the checkpoint but no training code. Its ResNet-18 stem
-  (3x3 conv, stride 1, padding 2, no max-pool) is exactly solo-learn's CIFAR stem, so the
-  defaults are solo-learn's CIFAR Barlow Twins recipe (``scripts/pretrain/cifar/barlow.yaml``):
-  projector 2048-2048-2048, lambda 0.0051, loss scale 0.1, LARS (lr 0.3 at batch 256,
-  eta 0.02, weight decay 1e-4, biases and norms excluded), 1000 epochs, warmup-cosine with 10
-  warmup epochs from 3e-5 to 0 (solo-learn's scheduler defaults), asymmetric views.
-  solo-learn's LARS ``clip_lr`` is not reproduced (see :mod:`ddjax.ssl.optim`).
-- ``simclr_cifar``: MKDT's SimCLR teacher comes from SAS (sas-data-efficient-contrastive-learning,
-  ``simclr.py``): temperature 0.5, batch 512, 400 epochs, PyTorch ``Adam(lr=1e-3,
-  weight_decay=1e-6)`` with no schedule, projector 512 -> 512 (BN, ReLU) -> 128 (BN without
-  affine), views concatenated through the encoder.
+``optimizer(steps_per_epoch)`` build what :func:`make_ssl_train_step` takes.
+``barlow_twins_cifar`` is solo-learn's CIFAR Barlow Twins recipe (KRR-ST, whose checkpoint MKDT
+uses, ships no training code; its stem is solo-learn's); ``simclr_cifar`` is SAS's SimCLR, MKDT's
+SimCLR teacher. Values and their sources: docs/mkdt.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Selecting a teacher's encoder from a PyTorch state dict (read with
-``ddjax.backbones.weights.read_state_dict``: ``.npz``, ``.safetensors``, ``.pt``/``.pth``).
+``ddjax.models.state_dict_files.read_state_dict``: ``.npz``, ``.safetensors``, ``.pt``/``.pth``).
 
 KRR-ST ships its Barlow Twins ResNet-18 teachers as PyTorch files; other code bases wrap the
 encoder's names in a prefix ('module.' from DataParallel, 'backbone.') or save heads beside it

@@ -1,19 +1,10 @@
-"""The pure training step of an SSL teacher (encoder + projector), and feature extraction.
+"""The pure training step of an SSL teacher (encoder + projector).
 
-State is a pytree (:class:`SSLTrainState`): encoder and projector parameters and BatchNorm
-statistics, the optimiser state and a step counter. ``step(state, images, key)`` draws two views
-on device, normalises them, runs both networks with BatchNorm in training mode (batch statistics,
-running averages updated), and applies one optimiser update. The caller jits it
-(``jax.jit(step, donate_argnums=0)``) and derives ``key`` as ``fold_in(base_key, step)``, so a
-resumed run repeats the same augmentations.
-
-BatchNorm batches: the Barlow Twins reference and solo-learn run each view through the encoder
-separately (statistics per view, running averages updated twice per step); SAS's SimCLR runs the
-two views through the encoder as one concatenated batch and the projector per view. Choose with
-``encoder_joint_batch``.
-
-Encoders are Flax linen modules called as ``module.apply(variables, x, train=...)``; an encoder
-without BatchNorm (no ``batch_stats``) works too.
+State is a pytree (:class:`SSLTrainState`). ``step(state, images, key)`` draws two views on
+device, normalises them, runs both networks with BatchNorm in training mode and applies one
+optimiser update; the caller jits it and derives ``key`` as ``fold_in(base_key, step)``, so a
+resumed run repeats the same augmentations. ``encoder_joint_batch`` runs the two views through the
+encoder as one batch (SAS's SimCLR) instead of one view at a time (Barlow Twins, solo-learn).
 """
 
 from __future__ import annotations
@@ -23,7 +14,6 @@ from typing import Any, Callable, Sequence
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from ddjax.ssl.augment import ViewAugmentConfig, make_views
@@ -145,38 +135,3 @@ def make_ssl_train_step(
 
     return step
 
-
-def make_encode_fn(encoder, mean: Sequence[float], std: Sequence[float]):
-    """Build ``encode(state, images_NHWC, train=False) -> features``.
-
-    ``train=False`` (feature extraction, teacher representations) uses the BatchNorm running
-    statistics; ``train=True`` uses the batch's statistics and discards the updated averages.
-    Images are uint8 or float in [0, 1]; they are normalised here with ``mean``/``std``.
-    """
-    normalize = _normalizer(mean, std)
-
-    def encode(state: SSLTrainState, images_NHWC, train: bool = False):
-        x = normalize(to_unit_float(images_NHWC))
-        variables = _variables(state.params["encoder"], state.batch_stats["encoder"])
-        if train:
-            out, _ = encoder.apply(variables, x, train=True, mutable=["batch_stats"])
-            return out
-        return encoder.apply(variables, x, train=False)
-
-    return encode
-
-
-def encode_in_batches(
-    encode_fn, state: SSLTrainState, images_NHWC, batch_size: int = 512
-) -> np.ndarray:
-    """Eval-mode features of a whole (host) array, in fixed-size batches (last one padded)."""
-    jitted = jax.jit(lambda s, x: encode_fn(s, x, train=False))
-    n = images_NHWC.shape[0]
-    outputs = []
-    for start in range(0, n, batch_size):
-        chunk = np.asarray(images_NHWC[start : start + batch_size])
-        valid = chunk.shape[0]
-        if valid < batch_size and n > batch_size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - valid, axis=0)])
-        outputs.append(np.asarray(jitted(state, chunk))[:valid])
-    return np.concatenate(outputs)

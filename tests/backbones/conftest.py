@@ -1,12 +1,9 @@
 """Reference PyTorch models for the ViT parity tests (timm, open_clip), with small random weights.
 
-The reference libraries come with the ``test`` extra. Missing: a failure when ``$CI`` is set (the
-parity tests must run there), a skip otherwise.
-
-PyPI's torchvision wheel is built against CUDA torch; with the CPU torch wheel its C++ operators
-cannot load, and ``import torchvision`` (done by timm and open_clip) stops at registering fake
-kernels for two of them. These tests never call torchvision operators, so when that happens the
-two operator schemas are declared first and torchvision imports without its C++ extension.
+The reference libraries come with the ``test`` extra; missing, they fail the tests under ``$CI``
+and skip them otherwise. PyPI's torchvision wheel (imported by timm and open_clip) is built for
+CUDA torch: with the CPU torch wheel it stops at registering two C++ operators these tests never
+call, so their schemas are declared first and torchvision imports without its C++ extension.
 """
 
 from __future__ import annotations

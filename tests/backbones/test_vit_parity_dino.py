@@ -1,12 +1,9 @@
 """DINOv2 (torch hub layout, with and without registers) and DINO v1 against timm's
-``VisionTransformer``.
+``VisionTransformer``, the network of both releases (DINOv2's registers are timm's ``reg_token``).
 
-timm's ``VisionTransformer`` is the network of both releases (timm loads their checkpoints with
-the same key names; DINOv2's registers timm stores as ``reg_token`` with the class token's position
-folded in). Weights are small and random; the state dicts are written in the official layouts and
-go through ddjax's importer. Off the pre-training grid the reference gets the position table
-resized as the hub code does (``F.interpolate`` bicubic: scale factor (g + 0.1) / G, or, for the
-register models, size g with antialiasing).
+Weights are small and random, written in the official layouts and imported by ddjax. Off the
+pre-training grid the reference's position table is resized as the hub code does (bicubic
+``F.interpolate``: scale factor (g + 0.1) / G, or size g with antialiasing for registers).
 """
 
 from __future__ import annotations

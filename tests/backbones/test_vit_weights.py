@@ -13,8 +13,9 @@ from ddjax import cli
 from ddjax.backbones import load_backbone
 from ddjax.backbones.vit_configs import ViTVariant
 from ddjax.backbones.vit_store import import_weights, register_vit_variant
-from ddjax.backbones.weights import convert_state_dict, read_state_dict
+from ddjax.backbones.weights import convert_state_dict
 from ddjax.errors import DdjaxError
+from ddjax.models.state_dict_files import read_state_dict
 from vit_helpers import register_tiny_variant, timm_vit
 
 WIDTH, DEPTH, HEADS, PATCH, GRID = 32, 2, 2, 4, 4

@@ -7,7 +7,7 @@ from ddjax.data import IMAGENET_MEAN, IMAGENET_STD, REGISTRY, get_spec, known_na
 from ddjax.data.registry import adhoc_spec
 from ddjax.errors import DdjaxError
 
-# mkdt.md §5.5 (MKDT utils.get_dataset).
+# MKDT's utils.get_dataset.
 MKDT_CONSTANTS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2009, 0.1984, 0.2023)),
@@ -56,7 +56,7 @@ def test_mkdt_downstream_sets_resize_to_32_with_tiny_at_64():
 
 
 def test_imagenet_subsets_use_lgm_label_order():
-    # lgm.md §8: ImageNet-100 label 0 is class 452 = n02869837, label 1 is 64 = n01749939.
+    # LGM's order: ImageNet-100 label 0 is class 452 = n02869837, label 1 is 64 = n01749939.
     imagenet100 = get_spec("imagenet100").class_names
     assert imagenet100[:2] == ("n02869837", "n01749939")
     assert len(set(imagenet100)) == 100

@@ -1,4 +1,4 @@
-"""ParamFlattener, and the PyTorch state-dict / flat-vector interchange checked against numpy."""
+"""The PyTorch state-dict interchange, checked against numpy."""
 
 import jax
 import jax.numpy as jnp
@@ -6,15 +6,7 @@ import numpy as np
 import pytest
 
 from ddjax.errors import DdjaxError
-from ddjax.models import (
-    ParamFlattener,
-    TorchLayout,
-    build_model,
-    from_torch_flat_vector,
-    from_torch_state_dict,
-    to_torch_state_dict,
-    torch_flat_vector,
-)
+from ddjax.models import TorchLayout, build_model, from_torch_state_dict, to_torch_state_dict
 from ddjax.models.convnet import ConvNet
 
 from . import reference_numpy as ref
@@ -42,44 +34,6 @@ def _nchw(x):
 def _assert_trees_equal(a, b):
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
-
-
-# ----------------------------------------------------------------------------- ParamFlattener
-
-
-def test_flattener_round_trip_ignores_dict_insertion_order():
-    tree = {"b": {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": jnp.array([7.0])},
-            "a": jnp.array([[8.0, 9.0]])}
-    reordered = {"a": tree["a"], "b": {"bias": tree["b"]["bias"], "kernel": tree["b"]["kernel"]}}
-    flattener = ParamFlattener(tree)
-    assert flattener.size == 9
-    vec = flattener.flatten(tree)
-    # Sorted keys: a, then b/bias, then b/kernel.
-    np.testing.assert_array_equal(vec, [8, 9, 7, 0, 1, 2, 3, 4, 5])
-    np.testing.assert_array_equal(flattener.flatten(reordered), vec)
-    _assert_trees_equal(flattener.unflatten(vec), reordered)
-    _assert_trees_equal(jax.jit(flattener.unflatten)(jax.jit(flattener.flatten)(tree)), tree)
-
-
-def test_flattener_works_on_stacked_trees_with_vmap():
-    template = {"w": jax.ShapeDtypeStruct((2, 2), jnp.float32),
-                "b": jax.ShapeDtypeStruct((3,), jnp.float32)}
-    flattener = ParamFlattener(template)
-    stacked = {"w": jnp.arange(12.0).reshape(3, 2, 2), "b": jnp.arange(9.0).reshape(3, 3)}
-    vecs = jax.vmap(flattener.flatten)(stacked)
-    assert vecs.shape == (3, 7)
-    np.testing.assert_array_equal(vecs[1], [3, 4, 5, 4, 5, 6, 7])
-    _assert_trees_equal(jax.vmap(flattener.unflatten)(vecs), stacked)
-
-
-def test_flattener_rejects_other_trees_and_sizes():
-    flattener = ParamFlattener({"w": jnp.zeros((2, 2))})
-    with pytest.raises(DdjaxError, match="does not match the template"):
-        flattener.flatten({"v": jnp.zeros((2, 2))})
-    with pytest.raises(DdjaxError, match="leaf shapes"):
-        flattener.flatten({"w": jnp.zeros((4,))})
-    with pytest.raises(DdjaxError, match=r"expected a vector of shape \(4,\)"):
-        flattener.unflatten(jnp.zeros(5))
 
 
 # ----------------------------------------------------------------------------- PyTorch layout
@@ -153,29 +107,11 @@ def test_teacher_matches_numpy_pytorch_forward():
     np.testing.assert_allclose(jax.jit(model.apply)(variables, x), want, rtol=1e-4, atol=1e-3)
 
 
-def test_torch_flat_vector_follows_parameters_order():
+def test_layout_follows_pytorch_parameters_order():
     model = build_model("convnet", width=8, num_outputs=5)
-    layout, sd, variables = _random_variables(model, (32, 32))
-    assert [e.torch_name for e in layout.param_entries] == CONVNET_D3_TORCH_ORDER
-    vec = jax.jit(lambda v: torch_flat_vector(v, layout))(variables)
-    count = sum(v.size for v in sd.values())
-    assert vec.shape == (count,) == (layout.num_params,)
-    want = np.concatenate([sd[name].ravel() for name in CONVNET_D3_TORCH_ORDER])
-    np.testing.assert_array_equal(vec, want)
-    np.testing.assert_array_equal(vec[: 8 * 3 * 3 * 3], sd["features.0.weight"].ravel())
-    back = jax.jit(lambda v: from_torch_flat_vector(v, layout))(vec)
-    _assert_trees_equal(back, variables)
-
-
-def test_flat_vector_of_batchnorm_model_has_no_running_stats():
-    model = build_model("convnet_bn", width=8, num_outputs=5)
-    layout, sd, variables = _random_variables(model, (32, 32))
-    vec = torch_flat_vector(variables, layout)
-    buffers = ("running_mean", "running_var", "num_batches_tracked")
-    assert vec.size == sum(v.size for k, v in sd.items() if not k.endswith(buffers))
-    _assert_trees_equal(from_torch_flat_vector(vec, layout), {"params": variables["params"]})
-    with pytest.raises(DdjaxError, match=f"has {vec.size} parameters"):
-        from_torch_flat_vector(vec[1:], layout)
+    layout = TorchLayout.from_model(model, (32, 32))
+    params_order = [e.torch_name for e in layout.entries if e.collection == "params"]
+    assert params_order == CONVNET_D3_TORCH_ORDER
 
 
 def test_num_batches_tracked_may_be_absent_on_import():

@@ -1,4 +1,4 @@
-"""SSL train step with a tiny BatchNorm encoder: learning, BatchNorm modes, optimisers, recipes."""
+"""SSL train step with a tiny BatchNorm encoder: learning, optimisers, schedules, recipes."""
 
 import functools
 
@@ -15,9 +15,7 @@ from ddjax.ssl import (
     SimCLRProjector,
     ViewAugmentConfig,
     barlow_twins_loss,
-    encode_in_batches,
     init_ssl_state,
-    make_encode_fn,
     make_optimizer,
     make_ssl_train_step,
     nt_xent_loss,
@@ -98,34 +96,6 @@ def test_training_steps_reduce_the_loss_and_update_everything(trained):
         assert all(differs(state0.batch_stats[net], state.batch_stats[net]))
     assert set(metrics) >= {"loss", "grad_norm", "feature_std"}
     assert float(metrics["grad_norm"]) > 0 and 0 < float(metrics["feature_std"]) < 1
-
-
-def test_eval_mode_uses_running_statistics_and_train_mode_batch_statistics(trained):
-    encoder, images, _, state, _, _ = trained
-    encode = jax.jit(make_encode_fn(encoder, MEAN, STD), static_argnames="train")
-    x = (images.astype(np.float32) / 255.0 - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
-    variables = {"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]}
-    expected_eval = encoder.apply(variables, x, train=False)
-    np.testing.assert_allclose(
-        np.asarray(encode(state, images)), np.asarray(expected_eval), rtol=1e-5, atol=1e-6
-    )
-    # Eval output depends on the running statistics; replacing them changes it.
-    zeroed = state.replace(batch_stats=jax.tree_util.tree_map(jnp.zeros_like, state.batch_stats))
-    assert not np.allclose(np.asarray(encode(zeroed, images)), np.asarray(encode(state, images)))
-    # Train mode uses the batch's statistics, so the running statistics do not matter there.
-    np.testing.assert_allclose(
-        np.asarray(encode(zeroed, images, train=True)),
-        np.asarray(encode(state, images, train=True)),
-        atol=1e-6,
-    )
-    # Float input in [0, 1] is the same as uint8 input.
-    # Whole-array extraction in fixed-size batches (last one padded) gives the same features.
-    in_batches = encode_in_batches(make_encode_fn(encoder, MEAN, STD), state, images, batch_size=3)
-    np.testing.assert_allclose(in_batches, np.asarray(expected_eval), rtol=1e-5, atol=1e-6)
-    as_float = images.astype(np.float32) / 255.0
-    np.testing.assert_allclose(
-        np.asarray(encode(state, as_float)), np.asarray(encode(state, images)), atol=1e-6
-    )
 
 
 def test_lars_excludes_biases_and_norms_from_decay_and_adaptation():
