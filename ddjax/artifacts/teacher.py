@@ -1,37 +1,24 @@
-"""The teacher artifact: an encoder's variables plus a JSON description, written by
-``ddjax teacher`` and read by ``ddjax represent`` (and anything else that needs the frozen teacher).
-
-``<dir>/encoder`` is a ``save_pytree`` of ``{'params': ..., 'batch_stats'?: ...}`` and
-``<dir>/encoder.json`` says how to rebuild the network (registry name, keyword arguments, init
-scheme, image size), where the weights came from, the teacher's k-NN accuracy, its feature size and
-``sha256``: a digest of the encoder arrays (every leaf's path, dtype, shape and bytes, in sorted
-path order), which later stages record as the teacher they used.
-
-The JSON file is written first and the encoder directory renamed into place last, so ``encoder``
-existing means the artifact is complete.
+"""The teacher artifact (``<workdir>/teacher/encoder``): an encoder's variables ``{'params',
+'batch_stats'?}`` and a meta saying how to rebuild the network (registry name, keyword arguments,
+init scheme, image size), where the weights came from, its k-NN accuracy, feature size and
+``sha256``, a digest of the arrays that later stages record as the teacher they used. Written by
+``ddjax teacher``; read by ``ddjax represent`` and the LGM backbone ``ddjax:<workdir>/teacher``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
-import json
-import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from ddjax.checkpoint import load_pytree, save_pytree
-from ddjax.data.transforms import normalize
+from ddjax.artifacts.base import MARKER, Artifact
 from ddjax.errors import DdjaxError
 from ddjax.models import build_model
 from ddjax.models.registry import dummy_input
-from ddjax.runlog import progress
 
-ENCODER = "encoder"
-META = "encoder.json"
+TEACHER = Artifact("teacher", "teacher/encoder", "ddjax teacher", identity=("sha256",))
 
 
 def _leaves_by_path(tree, prefix: str = ""):
@@ -77,47 +64,36 @@ def feature_dim(model, image_size) -> int:
     return int(np.prod(out.shape[1:]))
 
 
+def artifact_dir(directory: str | Path) -> Path:
+    """The artifact itself, given it or the teacher stage's directory (``<workdir>/teacher``)."""
+    directory = Path(directory).absolute()
+    return directory if (directory / MARKER).exists() else directory / "encoder"
+
+
 def is_complete(directory: str | Path) -> bool:
-    directory = Path(directory)
-    return (directory / ENCODER).exists() and (directory / META).exists()
+    return TEACHER.is_complete(artifact_dir(directory))
 
 
 def read_meta(directory: str | Path) -> dict:
-    """The artifact's JSON description; DdjaxError when there is no complete artifact there."""
-    directory = Path(directory)
-    if not is_complete(directory):
-        raise DdjaxError(f"no teacher artifact in {directory} (expected {ENCODER} and {META}); "
-                         "run `ddjax teacher` with the same --workdir first, or set "
-                         "represent.teacher to a teacher directory")
-    return json.loads((directory / META).read_text())
+    """The artifact's meta; one line saying what to run when there is no complete artifact."""
+    return TEACHER.read_meta(artifact_dir(directory))
 
 
 def write_artifact(directory: str | Path, variables: dict, meta: dict) -> dict:
-    """Write ``encoder`` and ``encoder.json`` (with ``sha256`` added); returns the final meta."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write the teacher artifact into the teacher stage's ``directory`` (``sha256`` added)."""
     meta = dict(meta, sha256=encoder_digest(variables))
-    tmp_encoder, tmp_meta = directory / (ENCODER + ".tmp"), directory / (META + ".tmp")
-    if tmp_encoder.exists():  # left by an interrupted write of this stage
-        shutil.rmtree(tmp_encoder)
-    save_pytree(tmp_encoder, variables)
-    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    tmp_meta.replace(directory / META)
-    tmp_encoder.rename(directory / ENCODER)
-    return meta
+    return TEACHER.write(Path(directory) / "encoder", meta, variables)
 
 
 def load_teacher(directory: str | Path):
     """``(model, variables, meta)`` of a complete artifact, its digest checked."""
-    directory = Path(directory)
-    meta = read_meta(directory)
-    variables = load_pytree(directory / ENCODER)
+    variables, meta = TEACHER.read(artifact_dir(directory))
     variables = jax.tree_util.tree_map(np.asarray, _plain_dicts(variables))
     found = encoder_digest(variables)
     if found != meta.get("sha256"):
-        raise DdjaxError(f"teacher {directory / ENCODER} has digest {found[:12]}... but {META} "
+        raise DdjaxError(f"teacher {artifact_dir(directory)} has digest {found[:12]}... but its meta "
                          f"records {str(meta.get('sha256'))[:12]}...; the artifact was modified, "
-                         "rerun `ddjax teacher`")
+                         "rerun `ddjax teacher` in another --workdir")
     return build_encoder(meta), variables, meta
 
 
@@ -125,38 +101,3 @@ def _plain_dicts(tree):
     if hasattr(tree, "items"):
         return {k: _plain_dicts(v) for k, v in tree.items()}
     return tree
-
-
-@functools.lru_cache(maxsize=16)
-def _eval_apply(model):
-    # Forward only: XLA's own convolution is the fastest on every backend here (im2col only pays
-    # off for the second-order gradients of distillation), and it computes the same function.
-    if "conv_impl" in {f.name for f in dataclasses.fields(model)}:
-        model = model.clone(conv_impl="lax")
-    return jax.jit(lambda variables, x: model.apply(variables, x, train=False))
-
-
-def encode_images(model, variables, images_NHWC, mean, std, batch_size: int = 500,
-                  desc: str | None = None) -> np.ndarray:
-    """Eval-mode features (float32 [N, D]) of uint8 images, normalised ``(x/255 - mean)/std``.
-
-    No augmentation; BatchNorm uses its running statistics; convolutions run as ``lax.conv``
-    whatever the model's ``conv_impl`` (forward only, where it is fastest). The images are
-    visited in the given order in batches of ``batch_size`` (the last one padded, so one
-    compilation serves all). ``desc`` shows a progress bar.
-    """
-    if batch_size < 1:
-        raise DdjaxError(f"batch size must be >= 1, got {batch_size}")
-    apply = _eval_apply(model)
-    n = images_NHWC.shape[0]
-    size = min(batch_size, n)
-    starts = range(0, n, size)
-    outputs = []
-    for start in (progress(starts, desc=desc) if desc else starts):
-        chunk = normalize(np.asarray(images_NHWC[start:start + size]), mean, std)
-        valid = chunk.shape[0]
-        if valid < size:
-            chunk = np.concatenate([chunk, np.zeros((size - valid, *chunk.shape[1:]), chunk.dtype)])
-        out = np.asarray(apply(variables, chunk), np.float32)
-        outputs.append(out.reshape(out.shape[0], -1)[:valid])
-    return np.concatenate(outputs)

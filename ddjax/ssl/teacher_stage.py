@@ -1,22 +1,9 @@
-"""``ddjax teacher``: train an SSL teacher (Barlow Twins or SimCLR), or import one, and write the
-teacher artifact (``<workdir>/teacher/encoder`` + ``encoder.json``, see :mod:`teacher_artifact`).
-
-Training follows a recipe of :mod:`ddjax.ssl.recipes` chosen by ``teacher.method``; fields of the
-``teacher`` section that are None keep the recipe's value. Randomness is derived from the seed:
-initialisation from ``fold_in(key(seed), 0)``, epoch ``e``'s data order from
-``fold_in(fold_in(key(seed), 1), e)``, global step ``g``'s views from
-``fold_in(fold_in(key(seed), 2), g)``. The images are the train split as ``load_split`` gives it
-(``data.train_subset`` may already have cut it), or a seeded subset of ``teacher.train_subset`` of
-them. Batches are whole (an epoch's last partial batch is dropped, as SSL loaders do).
-The state is checkpointed after every epoch (and every ``checkpoint_every_steps`` steps when set),
-so rerunning the same command resumes exactly where the interrupted run was.
-
-A weighted k-NN classifier (:mod:`ddjax.ssl.knn`) monitors the encoder: eval-mode features of the
-test split (or a seeded subset of ``knn_test`` images) against a bank of train features (all, or a
-seeded subset of ``knn_bank``), before training, every ``knn_every`` epochs and at the end.
-
-With ``teacher.import_path`` set nothing is trained: a PyTorch state dict of the configured model is
-read, converted with ``TorchLayout`` and written as the same artifact, its k-NN accuracy measured.
+"""``ddjax teacher``: train an SSL teacher (Barlow Twins or SimCLR) with a recipe of
+:mod:`ddjax.ssl.recipes`, or import a PyTorch one (``teacher.import_path``), and write the teacher
+artifact (:mod:`ddjax.artifacts.teacher`). A weighted k-NN classifier monitors the encoder. The
+state is checkpointed every epoch (and every ``checkpoint_every_steps``), randomness derives from
+the seed by ``fold_in``, so a rerun resumes exactly. Shared by both methods: MKDT's targets come
+from it, LGM can use it as its frozen backbone. Details in docs/mkdt.md#teacher.
 """
 
 from __future__ import annotations
@@ -24,28 +11,29 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from ddjax.backbones.weights import read_state_dict
+from ddjax.artifacts.teacher import (build_encoder, encoder_variables, feature_dim, is_complete,
+                                     read_meta, write_artifact)
 from ddjax.checkpoint import RunCheckpointer
 from ddjax.data.pipeline import dataset_spec, load_split
 from ddjax.data.subsets import random_subset
 from ddjax.errors import DdjaxError
 from ddjax.models import TorchLayout, from_torch_state_dict
 from ddjax.models.registry import canonical_model_name
+from ddjax.models.state_dict_files import read_state_dict
 from ddjax.runlog import print_summary, progress
 from ddjax.ssl import recipes
+from ddjax.ssl.encode import encode_images
 from ddjax.ssl.knn import knn_accuracy
 from ddjax.ssl.optim import make_schedule
-from ddjax.artifacts.teacher import (ENCODER, META, build_encoder, encode_images,
-                                        encoder_variables, feature_dim, is_complete, write_artifact)
 from ddjax.ssl.torch_import import encoder_state_dict
 from ddjax.ssl.train import init_ssl_state, make_ssl_train_step
+from ddjax.workdir import check_finite
 
 READS = ("seed", "data", "teacher")
 METHODS = {"barlow_twins": recipes.barlow_twins_cifar, "simclr": recipes.simclr_cifar}
@@ -146,7 +134,7 @@ def _as_dict(state) -> dict:
 
 
 def _summary(stage, meta: dict) -> dict:
-    artifacts = {"encoder": stage.directory / ENCODER, "meta": stage.directory / META}
+    artifacts = {"teacher": stage.directory / "encoder"}
     return print_summary("teacher", stage.workdir, artifacts, method=meta["method"],
                          model=meta["model"], source=meta["source"]["kind"],
                          epochs=meta.get("epochs"), knn_accuracy=meta["knn_accuracy"],
@@ -157,7 +145,7 @@ def run(stage) -> dict:
     t = stage.config.teacher
     recipe = teacher_recipe(t)  # validates the method before anything is loaded
     if is_complete(stage.directory):  # finished before: a no-op that reports it again
-        return _summary(stage, json.loads((stage.directory / META).read_text()))
+        return _summary(stage, read_meta(stage.directory))
     if t.import_path:
         return _import(stage)
     return _train(stage, recipe)
@@ -220,14 +208,17 @@ def _train(stage, recipe) -> dict:
         return encoder_variables(state.params["encoder"], state.batch_stats["encoder"])
 
     every = max(int(t.checkpoint_every_steps), 0)
-    with RunCheckpointer(stage.directory / "resume", max_to_keep=2) as resume:
+    with RunCheckpointer(stage.directory / "resume") as resume:
         meta = {"step": 0, "loss_sum": 0.0, "feature_std_sum": 0.0, "knn": {}}
-        if resume.latest_step() is not None:
-            restored, meta = resume.restore(_as_dict(state))
-            state = state.replace(**restored)
-        elif t.knn_every > 0:
-            meta["knn"]["0"] = knn(model, encoder_of(state))
-            stage.metrics.write(0, epoch=0, knn_accuracy=meta["knn"]["0"])
+        restored = resume.restore_latest(_as_dict(state))
+        if restored is not None:
+            state, meta = state.replace(**restored[0]), restored[1]
+            stage.metrics.rewind(int(meta["step"]))
+        else:
+            stage.metrics.rewind(-1)
+            if t.knn_every > 0:
+                meta["knn"]["0"] = knn(model, encoder_of(state))
+                stage.metrics.write(0, epoch=0, knn_accuracy=meta["knn"]["0"])
         step = int(meta["step"])
         bar = progress(total=total, initial=step, desc=f"teacher {t.method}")
         while step < total:
@@ -237,10 +228,8 @@ def _train(stage, recipe) -> dict:
             for position in range(position, steps_per_epoch):
                 state, metrics = train_step(state, images_dev, perm, position,
                                             jax.random.fold_in(view_key, step))
-                loss = float(metrics["loss"])
-                if not np.isfinite(loss):
-                    raise DdjaxError(f"teacher loss became {loss} at step {step + 1}; "
-                                     "lower teacher.lr")
+                loss = check_finite(float(metrics["loss"]), f"the teacher loss at step {step + 1}",
+                                    "lower teacher.lr")
                 meta["loss_sum"] += loss
                 meta["feature_std_sum"] += float(metrics["feature_std"])
                 step += 1
@@ -256,8 +245,8 @@ def _train(stage, recipe) -> dict:
             if (t.knn_every > 0 and done % t.knn_every == 0) or done == recipe.epochs:
                 record["knn_accuracy"] = meta["knn"][str(done)] = knn(model, encoder_of(state))
             meta.update(step=step, loss_sum=0.0, feature_std_sum=0.0)
-            resume.save(step, _as_dict(state), meta)
             stage.metrics.write(step, **record)
+            resume.save(step, _as_dict(state), meta)
             bar.set_postfix(loss=f"{record['loss']:.4g}", knn=record.get("knn_accuracy", "-"))
         bar.close()
     accuracy = meta["knn"][str(recipe.epochs)]

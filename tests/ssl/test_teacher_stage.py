@@ -8,12 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from ddjax.checkpoint import load_pytree
 from ddjax.cli import main
 from ddjax.data import load_arrays
 from ddjax.models import build_model
-from ddjax.mkdt import represent_stage
+from ddjax.artifacts.representations import REPRESENTATIONS, read_representations
 from ddjax.ssl import teacher_stage
+from ddjax.artifacts.teacher import TEACHER as TEACHER_ARTIFACT
 from ddjax.artifacts.teacher import encoder_digest, write_artifact
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def smoke_pipeline(cifar10_data_dir, tmp_path_factory):
 
 def test_smoke_teacher_and_represent(smoke_pipeline, cifar10_data_dir):
     workdir, (teacher_summary, represent_summary) = smoke_pipeline
-    meta = json.loads((workdir / "teacher" / "encoder.json").read_text())
+    variables, meta = TEACHER_ARTIFACT.read(workdir / "teacher" / "encoder")
     assert teacher_summary["stage"] == "teacher" and teacher_summary["sha256"] == meta["sha256"]
     assert meta["model"] == "convnet_bn" and meta["feature_dim"] == WIDTH * 4 * 4
     assert meta["source"]["kind"] == "trained" and meta["train_examples"] == 256 and meta["steps"] == 8
@@ -67,13 +67,11 @@ def test_smoke_teacher_and_represent(smoke_pipeline, cifar10_data_dir):
     assert [m["epoch"] for m in metrics] == [0, 1, 2] and "knn_accuracy" in metrics[1]
     assert np.isfinite(metrics[-1]["loss"]) and metrics[1]["lr"] > metrics[2]["lr"] >= 0
 
-    variables = load_pytree(workdir / "teacher" / "encoder")
     assert set(variables) == {"params", "batch_stats"} and encoder_digest(variables) == meta["sha256"]
 
-    reps = load_pytree(workdir / "represent" / "representations")["representations"]
+    reps, provenance = read_representations(REPRESENTATIONS.locate(workdir))
     assert reps.dtype == np.float32 and reps.shape == (50000, meta["feature_dim"])
     assert represent_summary["n"] == 50000 and represent_summary["teacher_sha256"] == meta["sha256"]
-    provenance = json.loads((workdir / "represent" / "provenance.json").read_text())
     assert provenance["teacher_sha256"] == meta["sha256"] and provenance["split"] == "train"
     assert np.allclose(provenance["normalisation"]["std"], CIFAR10_STD)
 
@@ -99,10 +97,9 @@ def test_represent_rerun_is_noop_and_refuses_another_teacher(smoke_pipeline, cif
     other = workdir.parent / (workdir.name + "_other")
     shutil.copytree(workdir, other)
     teacher_dir = other / "teacher"
-    variables = load_pytree(teacher_dir / "encoder")
-    meta = json.loads((teacher_dir / "encoder.json").read_text())
+    variables, meta = TEACHER_ARTIFACT.read(teacher_dir / "encoder")
+    meta = {k: v for k, v in meta.items() if k not in ("artifact", "format")}
     shutil.rmtree(teacher_dir / "encoder")
-    (teacher_dir / "encoder.json").unlink()
     variables["params"] = jax.tree.map(lambda a: np.asarray(a) * 1.01, variables["params"])
     write_artifact(teacher_dir, variables, {k: v for k, v in meta.items() if k != "sha256"})
     assert run_cli("represent", other, cifar10_data_dir, "data.train_subset=0") == 2
@@ -110,15 +107,19 @@ def test_represent_rerun_is_noop_and_refuses_another_teacher(smoke_pipeline, cif
     assert "teacher_sha256" in err and "not overwritten" in err
 
 
-def test_representations_are_where_experts_read_them(smoke_pipeline):
+def test_representations_are_where_experts_read_them(smoke_pipeline, cifar10_data_dir):
     from ddjax.config import load_config
-    from ddjax.mkdt import student as experts_inputs
-    from ddjax.workdir import Stage
+    from ddjax.data.pipeline import dataset_spec
+    from ddjax.mkdt import experts_stage, student
+    from ddjax.workdir import read_fields
 
     workdir, _ = smoke_pipeline
-    assert represent_stage.REPRESENTATIONS_KEY == experts_inputs.REPRESENTATIONS_KEY
-    stage = Stage("experts", load_config(SMOKE), workdir)
-    assert experts_inputs.representations_path(stage) == workdir / "represent" / "representations"
+    config = read_fields(load_config(SMOKE, ["data.train_subset=0", f"data.data_dir={cifar10_data_dir}"]),
+                         experts_stage.READS)
+    assert student.representations_dir(config, workdir) == REPRESENTATIONS.locate(workdir)
+    written, _ = read_representations(REPRESENTATIONS.locate(workdir))
+    loaded = student.load_representations(config, workdir, dataset_spec(config.data), len(written))
+    np.testing.assert_array_equal(loaded, written)
 
 
 class Interrupted(Exception):
@@ -140,37 +141,58 @@ def interrupting_checkpointer(after_saves: int):
     return Checkpointer
 
 
+def _truncate_newest_checkpoint(resume_dir):
+    newest = max((p for p in resume_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    data = max((p for p in (newest / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+               key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    return int(newest.name)
+
+
+@pytest.mark.parametrize("saves, damaged", [(1, False), (3, True)])
 def test_resumed_teacher_equals_uninterrupted(smoke_pipeline, cifar10_data_dir, tmp_path, monkeypatch,
-                                              capsys):
+                                              capsys, saves, damaged):
+    """Killed after its first checkpoint (step 3, inside epoch 1) — or after its third (step 6),
+    whose data file is then truncated, so the rerun says so in one line and resumes from step 4."""
     straight_dir, (straight, _) = smoke_pipeline
     args = ["data.train_subset=0"] + TEACHER
-    monkeypatch.setattr(teacher_stage, "RunCheckpointer", interrupting_checkpointer(1))
-    with pytest.raises(Interrupted, match="3"):  # killed inside epoch 1, after its step-3 checkpoint
+    monkeypatch.setattr(teacher_stage, "RunCheckpointer", interrupting_checkpointer(saves))
+    with pytest.raises(Interrupted, match="6" if damaged else "3"):
         run_cli("teacher", tmp_path, cifar10_data_dir, *args)
     assert not (tmp_path / "teacher" / "encoder").exists()
     monkeypatch.undo()
+    if damaged:
+        assert _truncate_newest_checkpoint(tmp_path / "teacher" / "resume") == 6
+    capsys.readouterr()
     assert run_cli("teacher", tmp_path, cifar10_data_dir, *args) == 0  # the same command resumes
-    resumed = last_json(capsys)
+    captured = capsys.readouterr()
+    resumed = json.loads(captured.out.strip().splitlines()[-1])
+    notices = [line for line in captured.err.splitlines() if line.startswith("ddjax: checkpoint")]
+    assert len(notices) == (1 if damaged else 0)
+    if damaged:
+        assert "checkpoint 6" in notices[0] and "resuming from checkpoint 4" in notices[0]
 
     assert resumed["sha256"] == straight["sha256"]
-    a_vars = load_pytree(straight_dir / "teacher" / "encoder")
-    b_vars = load_pytree(tmp_path / "teacher" / "encoder")
+    a_vars, meta_a = TEACHER_ARTIFACT.read(straight_dir / "teacher" / "encoder")
+    b_vars, meta_b = TEACHER_ARTIFACT.read(tmp_path / "teacher" / "encoder")
     for x, y in zip(jax.tree.leaves(a_vars), jax.tree.leaves(b_vars)):
         np.testing.assert_array_equal(x, y)
-    meta_a = json.loads((straight_dir / "teacher" / "encoder.json").read_text())
-    meta_b = json.loads((tmp_path / "teacher" / "encoder.json").read_text())
     assert meta_a["knn_by_epoch"] == meta_b["knn_by_epoch"]
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "teacher" / "metrics.jsonl").read_text()
-              .splitlines() if "loss" in line]
-    straight_losses = [json.loads(line)["loss"] for line in
-                       (straight_dir / "teacher" / "metrics.jsonl").read_text().splitlines() if "loss" in line]
-    assert losses == straight_losses  # the epoch means include the steps before the interruption
+
+    def records(workdir):
+        return [{k: v for k, v in r.items() if k not in ("time", "train_seconds")} for r in
+                map(json.loads, (workdir / "teacher" / "metrics.jsonl").read_text().splitlines())]
+
+    # No step twice, and every record (epoch means include the steps before the interruption)
+    # equal to the uninterrupted run's.
+    assert records(tmp_path) == records(straight_dir)
 
 
 def test_represent_without_teacher_is_a_clear_error(cifar10_data_dir, tmp_path, capsys):
     assert run_cli("represent", tmp_path, cifar10_data_dir) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ddjax: error:") and "no teacher artifact" in err and "ddjax teacher" in err
+    assert err.startswith("ddjax: error:") and "teacher" in err and "does not exist" in err
+    assert "ddjax teacher" in err
     assert "\n" not in err
 
 

@@ -1,0 +1,34 @@
+"""Eval-mode features of an encoder over many images: the teacher's k-NN monitor and MKDT's
+representations. Forward only, so convolutions run as ``lax.conv`` whatever the model's
+``conv_impl`` (XLA's own convolution is the fastest forward on every backend here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import numpy as np
+
+from ddjax.data.transforms import normalize
+from ddjax.models.batched import map_batches
+
+
+@functools.lru_cache(maxsize=16)
+def _eval_apply(model):
+    if "conv_impl" in {f.name for f in dataclasses.fields(model)}:
+        model = model.clone(conv_impl="lax")
+    return jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+
+
+def encode_images(model, variables, images_NHWC, mean, std, batch_size: int = 500,
+                  desc: str | None = None) -> np.ndarray:
+    """Eval-mode features (float32 [N, D]) of uint8 images, normalised ``(x/255 - mean)/std``,
+    in the given order, in batches of ``batch_size`` (the last one padded: one compilation);
+    no augmentation, BatchNorm on its running statistics. ``desc`` shows a progress bar."""
+    apply = _eval_apply(model)
+    n = images_NHWC.shape[0]
+    features = map_batches(lambda x: apply(variables, x), n, min(batch_size, n),
+                           lambda idx: normalize(np.asarray(images_NHWC[idx]), mean, std),
+                           desc=desc)
+    return np.asarray(features.reshape(n, -1), np.float32)
