@@ -36,7 +36,12 @@ def _keys_to_data(tree: Any) -> Any:
 
 
 def _data_to_keys(tree: Any, template: Any) -> Any:
+    """Typed keys rebuilt from their data; arrays placed as the template's are. Orbax commits what
+    it restores to a device, while fresh arrays are not committed, and a jitted step fed both
+    kinds is compiled once for each."""
     def rebuild(restored, like):
+        if isinstance(like, jax.Array) and not like.committed:
+            restored = jax.numpy.asarray(np.asarray(restored))
         if _is_typed_key(like):
             return jax.random.wrap_key_data(restored, impl=jax.random.key_impl(like))
         return restored

@@ -83,7 +83,7 @@ def measure(backbone: Backbone, augs: int, probes: int, chunk: int, ipc: int, cl
             "compile_s": round(compile_s, 2),
             "xla_peak_mib": None if peak is None else round(peak / 2**20, 1),
             "xla_temp_mib": None if memory is None else round(memory.temp_size_in_bytes / 2**20, 1),
-            "device": jax.devices()[0].platform}
+            "device": jax.default_backend()}
 
 
 def main() -> None:

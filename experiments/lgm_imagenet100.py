@@ -1,11 +1,11 @@
 """LGM at paper scale: ImageNet-100, 1 image per class, the four ViT-B backbones of the paper, the
-reference's hyperparameters throughout (lgm.md §1, §6, §7), the full cross-model matrix.
+reference's hyperparameters throughout (docs/lgm.md#options), the full cross-model matrix.
 
 Needs the ImageNet-100 images at 256x256 (`ddjax data info imagenet100` says where they are looked
 for) and the official weights imported once per backbone (`ddjax backbone import NAME FILE`; see
 `ddjax backbone info NAME`). A GPU: on one H100-class device the distillation of one backbone is
-about 5001 steps of 1,000 real + 1,000 synthetic 224x224 images (set lgm.chunk_size, e.g. 250, if
-the step does not fit).
+5001 updates (steps 0..5000) of 1,000 real + 1,000 synthetic 224x224 images (set lgm.chunk_size,
+e.g. 250, if the step does not fit).
 
     ddjax distill lgm --config experiments/lgm_imagenet100.py --workdir runs/lgm_in100
     ddjax eval lgm    --config experiments/lgm_imagenet100.py --workdir runs/lgm_in100

@@ -67,7 +67,9 @@ def feature_dim(model, image_size) -> int:
 def artifact_dir(directory: str | Path) -> Path:
     """The artifact itself, given it or the teacher stage's directory (``<workdir>/teacher``)."""
     directory = Path(directory).absolute()
-    return directory if (directory / MARKER).exists() else directory / "encoder"
+    if (directory / MARKER).exists() or directory.name == "encoder":
+        return directory
+    return directory / "encoder"
 
 
 def is_complete(directory: str | Path) -> bool:

@@ -1,24 +1,11 @@
-"""LGM's differentiable augmentations (lgm.md §4), on NHWC images in [0, 1].
+"""LGM's differentiable augmentations, on NHWC images in [0, 1].
 
-Modes:
-  "standard" (distillation, real and synthetic batches): per-sample horizontal flip (p = 0.5), then
-      a random resized crop, then Gaussian noise N(0.5, 0.2^2) per pixel and channel on a random
-      half of the images (p = 0.5 each; the noise is *not* zero-mean and nothing is clamped);
-  "basic" (probe training on distilled sets and baselines): flip and crop, no noise;
-  "none": no flip, no noise, the whole image resampled to the output size (identity when the
-      sizes agree).
-
-The random resized crop is the reference's affine resample, not torchvision's: scale s ~ U[0.08, 1],
-log-ratio ~ U[log 3/4, log 4/3], width fraction w = sqrt(s r), height fraction h = sqrt(s / r),
-corner x1 = u (1 - w), y1 = u' (1 - h), with no clamping, so w can exceed 1 and the crop leave the
-image. The output grid is sampled bilinearly (align_corners=False) and out-of-image pixels are 0.
-Since the map is axis-aligned the 2-D bilinear sample is separable: each image is resampled by a
-(out, in) row matrix and a (out, in) column matrix of tent weights max(0, 1 - |src - k|) over the
-in-image pixels k, which gives exactly grid_sample's bilinear weights with zero padding.
-
-Parameters are drawn once per batch (``sample_aug``) and can be sliced per row (``take_rows``), so
-a chunked computation sees the same augmentation as an unchunked one; the noise of row i comes from
-its own key.
+Modes: "standard" (distillation: flip, the reference's unclamped random resized crop, then
+N(0.5, 0.2^2) noise on a random half of the images), "basic" (probe training: flip and crop) and
+"none" (the whole image resampled). The crop is an axis-aligned bilinear resample with zero
+padding, computed separably with (out, in) tent-weight matrices. Parameters are drawn once per
+batch and sliced per row (``take_rows``), so chunked and unchunked computations see the same
+augmentation. See docs/lgm.md#augmentation.
 """
 
 from __future__ import annotations
@@ -31,7 +18,7 @@ import jax.numpy as jnp
 
 from ddjax.errors import DdjaxError
 
-AUG_MODES = ("standard", "basic", "none")
+LGM_AUG_MODES = ("standard", "basic", "none")
 SCALE = (0.08, 1.0)
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
 NOISE_MEAN, NOISE_STD = 0.5, 0.2
@@ -48,8 +35,9 @@ class AugParams(NamedTuple):
 
 
 def check_mode(mode: str) -> str:
-    if mode not in AUG_MODES:
-        raise DdjaxError(f"unknown augmentation mode {mode!r}; use one of {', '.join(AUG_MODES)}")
+    if mode not in LGM_AUG_MODES:
+        raise DdjaxError(f"unknown augmentation mode {mode!r}; use one of "
+                         f"{', '.join(LGM_AUG_MODES)}")
     return mode
 
 

@@ -2,8 +2,8 @@
 
 A config lists backbones as ``"tag=spec"`` or just ``"spec"`` (the tag is then the spec with every
 character outside [A-Za-z0-9_-] replaced by '_'); ``spec`` is anything ``load_backbone`` accepts
-(``ddjax:<teacher dir>``, an imported ViT's name, ...). An empty list means the pipeline's own
-teacher, ``teacher=ddjax:<workdir>/teacher``. Distilled sets live under ``<workdir>/lgm/<tag>``.
+(``ddjax:<teacher>``, an imported ViT's name, ...). An empty list means the pipeline's own
+teacher artifact, tag ``teacher``. See docs/lgm.md#backbones.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from ddjax.artifacts.teacher import TEACHER
 from ddjax.backbones import Backbone, load_backbone  # the package registers the imported ViTs
 from ddjax.errors import DdjaxError
 
@@ -23,7 +24,7 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 def backbone_entries(specs, workdir: str | Path) -> list[tuple[str, str]]:
     """``[(tag, spec), ...]`` from a config's list (see the module docstring); tags are unique."""
     if not specs:
-        return [("teacher", f"ddjax:{Path(workdir) / 'teacher'}")]
+        return [("teacher", f"ddjax:{TEACHER.locate(workdir)}")]
     if isinstance(specs, str):
         specs = (specs,)
     entries = []

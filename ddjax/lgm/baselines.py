@@ -1,4 +1,4 @@
-"""LGM's real-image baselines (lgm.md §7): which train images each one picks.
+"""LGM's real-image baselines: which train images each one picks (docs/lgm.md#evaluation).
 
 - random reals: ``ipc`` random train images per class for a seed (``class_balanced_subset``);
 - centroids: per class, the train image whose (eval-view, raw) embedding is nearest in L2 to the

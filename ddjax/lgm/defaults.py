@@ -29,7 +29,7 @@ LGM_DEFAULTS = {
     "syn_res": 0,               # 0: the train images' resolution (the reference: 256)
     "checkpoint_every": 100,
     "log_every": 10,
-    "image_log_every": 500,     # PNG snapshot of the set every this many steps; 0: none
+    "image_log_every": 500,     # PNG of the set every this many steps and at the last; 0: none
 }
 
 LGM_EVAL_DEFAULTS = {

@@ -1,20 +1,12 @@
-"""``ddjax distill lgm``: distil one synthetic set per backbone by linear gradient matching.
+"""``ddjax distill lgm``: one synthetic set per backbone of ``lgm.backbones``, by linear gradient
+matching on the frozen backbone.
 
-For every backbone of ``lgm.backbones`` (see :mod:`lgm_backbones`) the stage optimises a pyramid
-(or pixel) set of ``ipc`` images per class with Adam, ``iterations + 1`` steps (0..iterations, as
-the reference), adding a pyramid level every ``pyramid_extent_it`` steps and resetting Adam then.
-Real batches are ``ipc * augs_per_batch * C`` images drawn without replacement from a per-epoch
-permutation of the train split (uniform, not class-balanced; the last partial batch of an epoch is
-dropped). Normalisation uses the backbone's own mean/std (``Backbone.mean/std``): the reference
-normalises every backbone with ImageNet constants, which is what the imported ViTs carry; a ddjax
-encoder carries the constants of the data it was trained on.
-
-Randomness, from ``key(seed)``: the initial level from fold_in 0, the level added at step s from
-fold_in(fold_in 1, s), step s's probes and augmentations from fold_in(fold_in 2, s), epoch e's
-real-batch order from fold_in(fold_in 3, e). The levels and Adam state are checkpointed every
-``checkpoint_every`` steps, so a rerun of the same command resumes exactly. The result is written
-to ``<workdir>/lgm/<tag>/`` as an image set (:mod:`lgm_artifact`) with PNG snapshots of the set
-every ``image_log_every`` steps under ``snapshots/``.
+For each backbone (by tag) the stage optimises ``ipc`` images per class with Adam, ``iterations +
+1`` updates numbered 0..iterations as the reference counts them, on real batches drawn from a
+per-epoch permutation of the train split. Every random draw derives from ``key(seed)`` and the
+step or epoch, and the levels and Adam state are checkpointed in ``lgm/<tag>/resume``, so a rerun
+resumes exactly. Writes the ``LGM_SET`` artifact and PNG snapshots under ``lgm/<tag>/snapshots``.
+Schedule, batches and randomness: docs/lgm.md#schedule.
 """
 
 from __future__ import annotations
@@ -24,25 +16,25 @@ import time
 import jax
 import numpy as np
 
+from ddjax.artifacts.image_set import LGM_SET, write_image_set
 from ddjax.checkpoint import RunCheckpointer
 from ddjax.config import config_to_dict
 from ddjax.data.pipeline import dataset_spec, load_split
+from ddjax.errors import DdjaxError
 from ddjax.lgm import pyramid
-from ddjax.lgm.step import PROBE_GRADS, LgmProblem, committed, lgm_optimizer, make_train_step
-from ddjax.artifacts.image_set import is_complete, read_image_set, write_image_set
 from ddjax.lgm.augment import check_mode
 from ddjax.lgm.backbones import backbone_entries, load_checked
-from ddjax.errors import DdjaxError
+from ddjax.lgm.step import PROBE_GRADS, LgmProblem, lgm_optimizer, make_train_step
 from ddjax.runlog import print_summary, progress
-from ddjax.workdir import Stage
 from ddjax.viz import save_image_grid
+from ddjax.workdir import Stage, check_finite, due
 
 READS = ("seed", "data", "lgm")
-SET_DIR = "set"
 
 
-def check_section(lgm) -> None:
-    """Reject settings that cannot work, with what to change."""
+def check_config(config) -> None:
+    """The CLI's hook: refuse ``lgm`` settings that cannot work, before they are recorded."""
+    lgm = config.lgm
     if lgm.ipc < 1:
         raise DdjaxError(f"lgm.ipc must be >= 1 (images per class), got {lgm.ipc}")
     for field in ("augs_per_batch", "num_probes", "pyramid_extent_it", "checkpoint_every",
@@ -59,11 +51,6 @@ def check_section(lgm) -> None:
     if lgm.init_mode not in pyramid.INIT_MODES:
         raise DdjaxError(f"lgm.init_mode must be one of {', '.join(pyramid.INIT_MODES)}")
     check_mode(lgm.aug_mode)
-
-
-def check_config(config) -> None:
-    """The CLI's hook: refuse bad ``lgm`` settings before they are recorded."""
-    check_section(config.lgm)
 
 
 def synthetic_labels(num_classes: int, ipc: int) -> np.ndarray:
@@ -107,13 +94,16 @@ def distill_one(stage: Stage, tag: str, spec: str, images: np.ndarray, labels: n
     """Distil (or resume, or find done) the set of one backbone; returns its summary figures."""
     cfg, lgm = stage.config, stage.config.lgm
     out_dir = stage.directory / tag
-    if is_complete(out_dir / SET_DIR):
-        final = read_image_set(out_dir / SET_DIR)[2].get("final_loss")
-        return {"set": out_dir / SET_DIR, "final_loss": final, "resumed_from": "done"}
-    backbone = load_checked(spec)
-    syn_res = lgm.syn_res or images.shape[1]
+    set_dir = LGM_SET.locate(stage.workdir, tag=tag)
     if not lgm.syn_res and images.shape[1] != images.shape[2]:
         raise DdjaxError(f"train images are {images.shape[1]}x{images.shape[2]}; set lgm.syn_res")
+    syn_res = lgm.syn_res or images.shape[1]
+    identity = {"dataset": data_spec.name, "backbone": spec, "ipc": lgm.ipc, "syn_res": syn_res}
+    if LGM_SET.is_complete(set_dir):
+        meta = LGM_SET.read_meta(set_dir)
+        LGM_SET.check(meta, identity, set_dir)
+        return {"set": set_dir, "final_loss": meta.get("final_loss"), "resumed_from": "done"}
+    backbone = load_checked(spec)
     num_classes = data_spec.num_classes
     problem = build_problem(lgm, backbone, syn_res, num_classes)
     optimizer = lgm_optimizer(lgm.lr)
@@ -126,15 +116,15 @@ def distill_one(stage: Stage, tag: str, spec: str, images: np.ndarray, labels: n
     levels = pyramid.init_levels(jax.random.fold_in(base, 0), len(syn_labels),
                                  mode=lgm.distill_mode, syn_res=syn_res,
                                  start_res=lgm.pyramid_start_res, init=lgm.init_mode)
-    levels = committed(levels)
-    opt_state, start, recent, active = committed(optimizer.init(levels)), 0, [], 1
-    with RunCheckpointer(out_dir / "resume", max_to_keep=1) as resume:
-        saved = resume.restore_meta()
-        if saved is not None:
-            state, _ = resume.restore({"levels": levels, "opt": opt_state})
-            levels, opt_state = committed(list(state["levels"])), committed(state["opt"])
+    opt_state, start, recent, active = optimizer.init(levels), 0, [], 1
+    with RunCheckpointer(out_dir / "resume") as resume:
+        restored = resume.restore_latest({"levels": levels, "opt": opt_state})
+        if restored is not None:   # saved after step ``saved["step"] - 1``
+            state, saved = restored
+            levels, opt_state = list(state["levels"]), state["opt"]
             start = int(saved["step"])
             recent, active = list(saved.get("recent", [])), int(saved["active"])
+        stage.metrics.rewind(start - 1, backbone=tag)   # the steps from ``start`` on are redone
         last = lgm.iterations
         bar = progress(total=last + 1, initial=start, desc=f"lgm {tag}")
         timer = time.perf_counter()
@@ -142,50 +132,44 @@ def distill_one(stage: Stage, tag: str, spec: str, images: np.ndarray, labels: n
             if pyramid.extension_due(step, lgm.pyramid_extent_it) and active < len(levels):
                 levels, active = pyramid.extend_levels(
                     levels, active, jax.random.fold_in(level_key, step), lgm.init_mode)
-                levels = committed(levels)
-                opt_state = committed(optimizer.init(levels))
+                opt_state = optimizer.init(levels)
             rows = batches.indices(step)
             levels, opt_state, loss = step_fn(
                 levels, opt_state, pyramid.active_mask(active, len(levels)), backbone.variables,
                 images[rows], labels[rows], syn_labels, jax.random.fold_in(step_key, step))
-            loss = float(loss)
-            if not np.isfinite(loss):
-                raise DdjaxError(f"LGM meta-loss became {loss} at step {step} for backbone {tag}; "
-                                 "lower lgm.lr")
+            loss = check_finite(float(loss), f"the LGM meta-loss at step {step} for backbone "
+                                f"{tag}", "lower lgm.lr")
             recent = (recent + [loss])[-lgm.log_every:]
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", levels=active)
-            if step % lgm.log_every == 0 or step == last:
+            if due(step, lgm.log_every, last):
                 now = time.perf_counter()
                 stage.metrics.write(step, backbone=tag, loss=loss, loss_mean=float(np.mean(recent)),
                                     levels=active, seconds=round(now - timer, 3))
                 timer = now
-            if lgm.image_log_every and step % lgm.image_log_every == 0:
+            if lgm.image_log_every and due(step, lgm.image_log_every, last):
                 save_image_grid(np.asarray(pyramid.decode_jit(levels, syn_res,
                                                               lgm.decorrelate_color)),
                                 out_dir / "snapshots" / f"step_{step:06d}.png",
                                 columns=lgm.ipc if lgm.ipc > 1 else len(syn_labels),
                                 scale=max(1, 128 // syn_res))
-            if (step + 1) % lgm.checkpoint_every == 0 or step == last:
+            if due(step + 1, lgm.checkpoint_every, last + 1):
                 resume.save(step + 1, {"levels": levels, "opt": opt_state},
                             {"step": step + 1, "active": active, "recent": recent, "loss": loss})
         bar.close()
     final_loss = recent[-1] if recent else None
-    meta = {"method": "lgm", "backbone": spec, "tag": tag, "backbone_name": backbone.name,
-            "feature_dim": backbone.feature_dim, "crop_res": backbone.resolution,
-            "mean": list(backbone.mean), "std": list(backbone.std), "dataset": data_spec.name,
-            "num_classes": num_classes, "class_names": list(data_spec.class_names or []),
-            "ipc": lgm.ipc, "syn_res": syn_res, "steps": last + 1, "final_loss": final_loss,
-            "seed": cfg.seed, "lgm": config_to_dict(lgm)}
+    meta = dict(identity, method="lgm", tag=tag, backbone_name=backbone.name,
+                feature_dim=backbone.feature_dim, crop_res=backbone.resolution,
+                mean=list(backbone.mean), std=list(backbone.std), num_classes=num_classes,
+                class_names=list(data_spec.class_names or []), updates=last + 1,
+                final_loss=final_loss, seed=cfg.seed, lgm=config_to_dict(lgm))
     images01 = np.asarray(pyramid.decode_jit(levels, syn_res, lgm.decorrelate_color))
-    write_image_set(out_dir / SET_DIR, images01, syn_labels, meta,
-                    class_names=data_spec.class_names)
-    return {"set": out_dir / SET_DIR, "final_loss": final_loss, "resumed_from": start}
+    write_image_set(LGM_SET, set_dir, images01, syn_labels, meta, class_names=data_spec.class_names)
+    return {"set": set_dir, "final_loss": final_loss, "resumed_from": start}
 
 
 def run(stage: Stage) -> dict:
     lgm = stage.config.lgm
-    check_section(lgm)
     entries = backbone_entries(lgm.backbones, stage.workdir)
     data_spec = dataset_spec(stage.config.data)
     images, labels = load_split(stage.config.data, "train")
@@ -195,5 +179,5 @@ def run(stage: Stage) -> dict:
     return print_summary("distill lgm", stage.workdir,
                          {tag: r["set"] for tag, r in results.items()},
                          final_loss={tag: r["final_loss"] for tag, r in results.items()},
-                         steps=lgm.iterations + 1,
+                         updates=lgm.iterations + 1, last_step=lgm.iterations,
                          seconds=round(time.perf_counter() - started, 1))

@@ -1,49 +1,43 @@
-"""``ddjax eval lgm``: linear probes on LGM's distilled sets and the baselines, for every pair of
+"""``ddjax eval lgm``: linear probes on LGM's distilled sets and on real-image baselines, for every
 distillation backbone A (``lgm.backbones``) and evaluation backbone B (``lgm_eval.backbones``,
 default: the same list), plus the mutual-k-NN alignment of the backbones.
 
-Sets evaluated on every B (lgm.md §6-7):
-  ``lgm_<A>``        the distilled set of A (``<workdir>/lgm/<A>/set``), ``seeds`` probes;
-  ``centroids_<A>``  the train image nearest (L2) to each class-mean embedding under A, ``seeds``
-                     probes;
-  ``neighbors_<A>``  the same-class train image most cosine-similar to each of A's distilled images;
-  ``random_<s>``     ``lgm.ipc`` random train images per class for each s in ``random_seeds``, one
-                     probe seeded with s (the reference's protocol), summarised over the seeds;
-and ``full`` (a probe on the whole train split) on every B. Probes: Adam, lr = lr_per_256 *
-min(batch_size, N) / 256, cosine to 0 over ``epochs``, "basic" augmentation every epoch,
-final-epoch test top-1/top-5; mean +- population std over seeds. Baseline sets are written as
-image sets under ``<workdir>/lgm_eval/sets``; every (set, B) result under ``results/`` as soon as
-it is known, so a rerun skips what is done. ``results.json`` and ``tables.md`` hold the tables
-this stage prints.
+Sets: ``lgm_<A>`` (the ``LGM_SET`` of A), ``centroids_<A>``, ``neighbors_<A>`` and ``random_<s>``
+(``BASELINE_SET`` artifacts, written first) and ``full`` (a probe on the whole train split). Each
+(set, B) result is an ``LGM_RESULT`` artifact as soon as it is known, so a rerun skips what is
+done; ``results.json`` and ``tables.md`` are rebuilt from them on every run. The probe protocol and
+the baselines' definitions: docs/lgm.md#evaluation.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ddjax.artifacts.image_set import BASELINE_SET, LGM_SET, read_image_set, write_image_set
+from ddjax.artifacts.results import LGM_ALIGNMENT, LGM_RESULT, read_result, write_result
 from ddjax.data.pipeline import dataset_spec, load_split
 from ddjax.data.subsets import random_subset
-from ddjax.artifacts.image_set import is_complete, read_image_set, write_image_set
-from ddjax.lgm.augment import check_mode
-from ddjax.lgm.backbones import backbone_entries, load_checked
 from ddjax.errors import DdjaxError
 from ddjax.lgm import tables as lgm_tables
 from ddjax.lgm.alignment import mutual_knn_alignment
+from ddjax.lgm.augment import check_mode
+from ddjax.lgm.backbones import backbone_entries, load_checked
 from ddjax.lgm.baselines import centroid_indices, neighbor_indices, random_real_indices
 from ddjax.lgm.probe import (embed_images, make_embedder, probe_lr, topk_accuracy,
-                                  train_probes)
+                             train_probes)
 from ddjax.runlog import print_summary, write_json_atomic
 from ddjax.workdir import Stage
 
-READS = ("seed", "data", "lgm", "lgm_eval")
+READS = ("data", "lgm.backbones", "lgm.ipc", "lgm_eval")
 BASELINES = ("random", "centroids", "neighbors", "full")
 
 
-def check_section(ev) -> None:
+def check_config(config) -> None:
+    """The CLI's hook: refuse bad ``lgm_eval`` settings (and ipc) before they are recorded."""
+    ev = config.lgm_eval
     unknown = sorted(set(ev.baselines) - set(BASELINES))
     if unknown:
         raise DdjaxError(f"unknown lgm_eval.baselines {unknown}; "
@@ -53,16 +47,11 @@ def check_section(ev) -> None:
         if ev[field] < 1:
             raise DdjaxError(f"lgm_eval.{field} must be >= 1, got {ev[field]}")
     check_mode(ev.aug_mode)
-
-
-def check_config(config) -> None:
-    """The CLI's hook: refuse bad ``lgm_eval`` settings (and ipc) before they are recorded."""
-    check_section(config.lgm_eval)
     if config.lgm.ipc < 1:
         raise DdjaxError(f"lgm.ipc must be >= 1, got {config.lgm.ipc}")
 
 
-class Workspace:
+class EvalInputs:
     """Data, lazily loaded backbones and cached train embeddings of one evaluation run."""
 
     def __init__(self, stage: Stage):
@@ -105,170 +94,179 @@ class Workspace:
         return self._test_features[tag]
 
 
-def _store_set(ws: Workspace, name: str, indices: np.ndarray, meta: dict) -> Path:
-    directory = ws.stage.directory / "sets" / name
-    if not is_complete(directory):
-        images = ws.train_images[indices].astype(np.float32) / 255.0
-        meta = dict(meta, train_indices=indices.tolist(), dataset=ws.spec.name)
-        write_image_set(directory, images, ws.train_labels[indices], meta,
-                        class_names=ws.spec.class_names)
+def _baseline_set(inputs: EvalInputs, name: str, identity: dict, pick) -> Path:
+    """The ``BASELINE_SET`` ``name``: checked when complete, else written from ``pick()``."""
+    directory = BASELINE_SET.locate(inputs.stage.workdir, name=name)
+    identity = dict(identity, dataset=inputs.spec.name)
+    if BASELINE_SET.is_complete(directory):
+        BASELINE_SET.check(BASELINE_SET.read_meta(directory), identity, directory)
+        return directory
+    indices = pick()
+    images = inputs.train_images[indices].astype(np.float32) / 255.0
+    write_image_set(BASELINE_SET, directory, images, inputs.train_labels[indices],
+                    dict(identity, train_indices=indices.tolist()),
+                    class_names=inputs.spec.class_names)
     return directory
 
 
-def _distilled_sets(ws: Workspace, seeds: list[int]) -> dict[str, dict]:
+def _distilled_sets(inputs: EvalInputs, seeds: list[int]) -> dict[str, dict]:
+    """The ``LGM_SET`` of every distillation backbone, refused unless made for this evaluation."""
     sets = {}
-    for tag in ws.distill_tags:
-        directory = ws.stage.sibling("lgm") / tag / "set"
-        if not is_complete(directory):
-            raise DdjaxError(f"no distilled set for backbone {tag!r} at {directory}; run "
-                             "`ddjax distill lgm` with the same --config and --workdir first")
-        sets[f"lgm_{tag}"] = {"directory": directory, "seeds": seeds, "group": "lgm", "source": tag}
+    for tag in inputs.distill_tags:
+        directory = LGM_SET.locate(inputs.stage.workdir, tag=tag)
+        LGM_SET.check(LGM_SET.read_meta(directory),
+                      {"dataset": inputs.spec.name, "backbone": inputs.specs[tag],
+                       "ipc": inputs.stage.config.lgm.ipc}, directory)
+        sets[f"lgm_{tag}"] = {"directory": directory, "seeds": seeds, "group": "lgm", "source": tag,
+                              "artifact": LGM_SET}
     return sets
 
 
-def _neighbor_picks(ws: Workspace, tag: str, distilled_dir: Path) -> np.ndarray:
-    images, labels, meta = read_image_set(distilled_dir)
-    backbone = ws.backbone(tag)
-    if meta.get("feature_dim") not in (None, backbone.feature_dim):
-        raise DdjaxError(f"set lgm_{tag} was distilled with {meta['feature_dim']}-d features but "
-                         f"backbone {ws.specs[tag]!r} now gives {backbone.feature_dim}")
-    queries = embed_images(backbone, images, ws.ev.embed_batch)
-    return neighbor_indices(queries, labels, ws.train_features(tag), ws.train_labels)
+def _check_feature_dim(inputs: EvalInputs, tag: str, meta: dict, directory: Path) -> None:
+    LGM_SET.check(meta, {"feature_dim": inputs.backbone(tag).feature_dim}, directory)
 
 
-def build_sets(ws: Workspace) -> dict[str, dict]:
-    """name -> {directory, seeds, group, source}: every set to evaluate, baselines written first."""
-    ev, ipc = ws.ev, ws.stage.config.lgm.ipc
+def _neighbor_picks(inputs: EvalInputs, tag: str, distilled_dir: Path) -> np.ndarray:
+    images, labels, meta = read_image_set(LGM_SET, distilled_dir)
+    _check_feature_dim(inputs, tag, meta, distilled_dir)
+    queries = embed_images(inputs.backbone(tag), images, inputs.ev.embed_batch)
+    return neighbor_indices(queries, labels, inputs.train_features(tag), inputs.train_labels)
+
+
+def build_sets(inputs: EvalInputs) -> dict[str, dict]:
+    """name -> {directory, seeds, group, source, artifact}: every set to evaluate, the baselines
+    written first."""
+    ev, ipc = inputs.ev, inputs.stage.config.lgm.ipc
     probe_seeds = [ev.seed_base + i for i in range(ev.seeds)]
-    sets = _distilled_sets(ws, probe_seeds)
+    sets = _distilled_sets(inputs, probe_seeds)
     if "random" in ev.baselines:
         for seed in ev.random_seeds:
-            picks = random_real_indices(ws.train_labels, ipc, seed)
-            directory = _store_set(ws, f"random_{seed}", picks,
-                                   {"method": "random", "seed": int(seed), "ipc": ipc})
-            sets[f"random_{seed}"] = {"directory": directory, "seeds": [int(seed)],
-                                      "group": "random", "source": None}
+            name = f"random_{seed}"
+            directory = _baseline_set(
+                inputs, name, {"method": "random", "seed": int(seed), "ipc": ipc},
+                lambda seed=seed: random_real_indices(inputs.train_labels, ipc, seed))
+            sets[name] = {"directory": directory, "seeds": [int(seed)], "group": "random",
+                          "source": None, "artifact": BASELINE_SET}
     pickers = {
-        "centroids": lambda tag: centroid_indices(ws.train_features(tag), ws.train_labels,
-                                                  ws.spec.num_classes),
-        "neighbors": lambda tag: _neighbor_picks(ws, tag, sets[f"lgm_{tag}"]["directory"]),
+        "centroids": ({}, lambda tag: centroid_indices(inputs.train_features(tag),
+                                                       inputs.train_labels,
+                                                       inputs.spec.num_classes)),
+        "neighbors": ({"ipc": ipc},
+                      lambda tag: _neighbor_picks(inputs, tag, sets[f"lgm_{tag}"]["directory"])),
     }
-    for tag in ws.distill_tags:
-        for method, pick in pickers.items():
+    for tag in inputs.distill_tags:
+        for method, (identity, pick) in pickers.items():
             if method not in ev.baselines:
                 continue
             name = f"{method}_{tag}"
-            directory = ws.stage.directory / "sets" / name
-            if not is_complete(directory):
-                _store_set(ws, name, pick(tag), {"method": method, "backbone": ws.specs[tag],
-                                                 "tag": tag})
+            identity = dict(identity, method=method, backbone=inputs.specs[tag], tag=tag)
+            directory = _baseline_set(inputs, name, identity, lambda pick=pick, tag=tag: pick(tag))
             sets[name] = {"directory": directory, "seeds": probe_seeds, "group": method,
-                          "source": tag}
+                          "source": tag, "artifact": BASELINE_SET}
     return sets
 
 
-def _result_path(ws: Workspace, name: str, tag: str) -> Path:
-    return ws.stage.directory / "results" / f"{name}__{tag}.json"
-
-
-def _finish(ws: Workspace, probes, losses, tag: str, seeds, extra: dict) -> dict:
-    features, labels = ws.test_features(tag), ws.test_labels
+def _finish(inputs: EvalInputs, probes, losses, tag: str, seeds, extra: dict) -> dict:
+    features, labels = inputs.test_features(tag), inputs.test_labels
     top1 = topk_accuracy(probes, features, labels, 1)
-    top5 = topk_accuracy(probes, features, labels, 5) if ws.spec.num_classes >= 5 else None
+    top5 = topk_accuracy(probes, features, labels, 5) if inputs.spec.num_classes >= 5 else None
     return dict(extra, seeds=list(map(int, seeds)), top1=top1.tolist(),
                 top5=None if top5 is None else top5.tolist(),
                 train_loss=np.asarray(losses).tolist())
 
 
-def evaluate_set(ws: Workspace, name: str, entry: dict, tag: str) -> dict:
-    """Probes on one set with backbone ``tag`` (cached in results/)."""
-    path = _result_path(ws, name, tag)
-    if path.exists():
-        return json.loads(path.read_text())
-    images, labels, _ = read_image_set(entry["directory"])
-    backbone, ev = ws.backbone(tag), ws.ev
+def evaluate_set(inputs: EvalInputs, name: str, entry: dict, tag: str) -> dict:
+    """Probes on one set with backbone ``tag`` (an ``LGM_RESULT``, reused when complete)."""
+    directory = LGM_RESULT.locate(inputs.stage.workdir, name=name, backbone=tag)
+    done = read_result(LGM_RESULT, directory)
+    if done is not None:
+        return done
+    images, labels, meta = read_image_set(entry["artifact"], entry["directory"])
+    if entry["group"] == "lgm" and entry["source"] == tag:
+        _check_feature_dim(inputs, tag, meta, entry["directory"])
+    backbone, ev = inputs.backbone(tag), inputs.ev
     batch = min(ev.batch_size, len(labels))
     started = time.perf_counter()
-    probes, losses = train_probes(images, labels, entry["seeds"], num_classes=ws.spec.num_classes,
-                                  dim=backbone.feature_dim, epochs=ev.epochs, batch_size=batch,
+    probes, losses = train_probes(images, labels, entry["seeds"],
+                                  num_classes=inputs.spec.num_classes, dim=backbone.feature_dim,
+                                  epochs=ev.epochs, batch_size=batch,
                                   lr=probe_lr(ev.lr_per_256, batch),
                                   embed=make_embedder(backbone, ev.aug_mode),
                                   variables=backbone.variables, desc=f"probe {name} on {tag}")
-    result = _finish(ws, probes, losses, tag, entry["seeds"],
+    result = _finish(inputs, probes, losses, tag, entry["seeds"],
                      {"set": name, "eval_backbone": tag, "group": entry["group"],
                       "source": entry["source"], "num_images": int(len(labels)),
                       "seconds": round(time.perf_counter() - started, 2)})
-    write_json_atomic(path, result)
-    return result
+    return write_result(LGM_RESULT, directory, result)
 
 
-def evaluate_full(ws: Workspace, tag: str) -> dict:
+def evaluate_full(inputs: EvalInputs, tag: str) -> dict:
     """A probe on the whole train split (or ``full_train_subset`` of it) with backbone ``tag``."""
-    path = _result_path(ws, "full", tag)
-    if path.exists():
-        return json.loads(path.read_text())
-    ev, backbone = ws.ev, ws.backbone(tag)
+    directory = LGM_RESULT.locate(inputs.stage.workdir, name="full", backbone=tag)
+    done = read_result(LGM_RESULT, directory)
+    if done is not None:
+        return done
+    ev, backbone = inputs.ev, inputs.backbone(tag)
     seeds = [ev.seed_base + i for i in range(ev.full_seeds)]
-    n = len(ws.train_labels)
+    n = len(inputs.train_labels)
     keep = (random_subset(n, min(ev.full_train_subset, n), seed=0) if ev.full_train_subset
             else np.arange(n))
     started = time.perf_counter()
-    common = dict(num_classes=ws.spec.num_classes, dim=backbone.feature_dim, epochs=ev.full_epochs,
-                  batch_size=ev.full_batch_size,
+    common = dict(num_classes=inputs.spec.num_classes, dim=backbone.feature_dim,
+                  epochs=ev.full_epochs, batch_size=ev.full_batch_size,
                   lr=probe_lr(ev.full_lr_per_256, ev.full_batch_size),
                   desc=f"probe full on {tag}")
     if ev.full_augment:
-        probes, losses = train_probes(ws.train_images[keep], ws.train_labels[keep], seeds,
+        probes, losses = train_probes(inputs.train_images[keep], inputs.train_labels[keep], seeds,
                                       embed=make_embedder(backbone, ev.aug_mode),
                                       variables=backbone.variables, **common)
     else:
-        features = ws.train_features(tag)[keep]
-        probes, losses = train_probes(features, ws.train_labels[keep], seeds, **common)
-    result = _finish(ws, probes, losses, tag, seeds,
+        features = inputs.train_features(tag)[keep]
+        probes, losses = train_probes(features, inputs.train_labels[keep], seeds, **common)
+    result = _finish(inputs, probes, losses, tag, seeds,
                      {"set": "full", "eval_backbone": tag, "group": "full", "source": None,
                       "num_images": int(len(keep)), "augment": bool(ev.full_augment),
                       "seconds": round(time.perf_counter() - started, 2)})
-    write_json_atomic(path, result)
-    return result
+    return write_result(LGM_RESULT, directory, result)
 
 
-def alignment_matrix(ws: Workspace) -> dict:
-    """Mutual k-NN alignment of every pair of backbones on ``alignment_images`` test images."""
-    tags = list(dict.fromkeys(ws.distill_tags + ws.eval_tags))
-    path = ws.stage.directory / "results" / "alignment.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved["tags"] == tags:
-            return saved
-    count = min(ws.ev.alignment_images, len(ws.test_labels))
-    picks = random_subset(len(ws.test_labels), count, seed=0)
-    features = {tag: ws.test_features(tag)[picks] for tag in tags}
-    k = min(ws.ev.alignment_k, count - 1)
+def alignment_matrix(inputs: EvalInputs) -> dict:
+    """Mutual k-NN alignment of every pair of backbones on ``alignment_images`` test images (an
+    ``LGM_ALIGNMENT``, reused when complete and made for the same backbones)."""
+    tags = list(dict.fromkeys(inputs.distill_tags + inputs.eval_tags))
+    directory = LGM_ALIGNMENT.locate(inputs.stage.workdir)
+    if LGM_ALIGNMENT.is_complete(directory):
+        meta = LGM_ALIGNMENT.read_meta(directory)
+        LGM_ALIGNMENT.check(meta, {"tags": tags}, directory)
+        return meta["result"]
+    count = min(inputs.ev.alignment_images, len(inputs.test_labels))
+    picks = random_subset(len(inputs.test_labels), count, seed=0)
+    features = {tag: inputs.test_features(tag)[picks] for tag in tags}
+    k = min(inputs.ev.alignment_k, count - 1)
     matrix = {a: {b: mutual_knn_alignment(features[a], features[b], k) for b in tags} for a in tags}
     saved = {"tags": tags, "k": k, "images": int(count), "matrix": matrix}
-    write_json_atomic(path, saved)
+    LGM_ALIGNMENT.write(directory, {"tags": tags, "result": saved})
     return saved
 
 
 def run(stage: Stage) -> dict:
     ev = stage.config.lgm_eval
-    check_config(stage.config)
     started = time.perf_counter()
-    ws = Workspace(stage)
-    sets = build_sets(ws)
+    inputs = EvalInputs(stage)
+    sets = build_sets(inputs)
     results = []
-    for tag in ws.eval_tags:
+    for tag in inputs.eval_tags:
         for name, entry in sets.items():
-            results.append(evaluate_set(ws, name, entry, tag))
+            results.append(evaluate_set(inputs, name, entry, tag))
         if "full" in ev.baselines:
-            results.append(evaluate_full(ws, tag))
-    alignment = alignment_matrix(ws)
-    report = lgm_tables.build_report(results, ws.distill_tags, ws.eval_tags, alignment)
+            results.append(evaluate_full(inputs, tag))
+    alignment = alignment_matrix(inputs)
+    report = lgm_tables.build_report(results, inputs.distill_tags, inputs.eval_tags, alignment)
     text = lgm_tables.render(report)
     print(text, flush=True)
     (stage.directory / "tables.md").write_text(text + "\n")
     write_json_atomic(stage.directory / "results.json", report)
-    same = {tag: report["main"].get("lgm", {}).get(tag) for tag in ws.eval_tags}
+    same = {tag: report["main"].get("lgm", {}).get(tag) for tag in inputs.eval_tags}
     return print_summary("eval lgm", stage.workdir,
                          {"results": stage.directory / "results.json",
                           "tables": stage.directory / "tables.md"},

@@ -1,16 +1,9 @@
-"""Linear probes on a frozen backbone, as LGM evaluates sets (lgm.md §6, §7).
+"""Linear probes on a frozen backbone, as LGM evaluates image sets.
 
-A probe W [C, D], b [C] starts at W ~ N(0, 0.01^2), b = 0 and is trained with Adam (no weight
-decay) on mean cross-entropy; the learning rate follows a cosine from ``lr`` to 0 over ``epochs``,
-constant within an epoch (PyTorch's CosineAnnealingLR stepped per epoch). Each epoch visits the
-training rows in a fresh random order in batches of ``batch_size`` (the last one smaller, as a
-DataLoader without drop_last). Rows are either images in [0, 1], augmented ("basic": flip and
-random resized crop) and embedded every epoch, or precomputed features.
-
-Several seeds train at once (vmapped; the backbone sees all seeds' batches as one batch). Seed s
-draws its probe from fold_in(key(s), 0), epoch e's order from fold_in(fold_in(key(s), 1), e) and
-global step t's augmentation from fold_in(fold_in(key(s), 2), t). The reported figures are the
-test top-1 and top-5 accuracy after the final epoch (no model selection).
+A probe (W ~ N(0, 0.01^2), b = 0) is trained with Adam on mean cross-entropy, the learning rate
+on a per-epoch cosine to 0, on images augmented and embedded every epoch or on precomputed
+features; several seeds train at once (vmapped, one backbone pass for all). The figures are test
+top-1/top-5 after the final epoch. Batching, seeding and schedule: docs/lgm.md#evaluation.
 """
 
 from __future__ import annotations
@@ -24,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ddjax.lgm.step import PROBE_STD, Probes, committed
+from ddjax.lgm.step import PROBE_STD, Probes
 from ddjax.lgm.augment import augment, center_view, sample_aug
 from ddjax.runlog import progress
 
@@ -67,7 +60,8 @@ def _masked_ce(W, b, Z, labels, mask, num_classes):
 
 
 @functools.lru_cache(maxsize=32)
-def make_epoch_fn(embed: Callable | None, n: int, batch_size: int, num_classes: int) -> Callable:
+def make_probe_epoch_fn(embed: Callable | None, n: int, batch_size: int,
+                        num_classes: int) -> Callable:
     """A jitted ``epoch(probes, opt_state, variables, rows, labels, seed_keys [S], epoch, step0,
     lr)`` -> ``(probes, opt_state, mean loss [S])``. ``rows`` are images (with ``embed``) or
     features (``embed=None``) on the device; uint8 images are scaled to [0, 1]. Cached per
@@ -125,9 +119,9 @@ def train_probes(rows, labels, seeds, *, num_classes: int, dim: int, epochs: int
     probes [S, ...] and the last epoch's mean training loss per seed."""
     n = len(labels)
     batch_size = min(batch_size, n)
-    epoch_fn = make_epoch_fn(embed, n, batch_size, num_classes)
-    probes = committed(init_probes(seeds, num_classes, dim))
-    opt_state = committed(jax.vmap(optax.scale_by_adam().init)(probes))
+    epoch_fn = make_probe_epoch_fn(embed, n, batch_size, num_classes)
+    probes = init_probes(seeds, num_classes, dim)
+    opt_state = jax.vmap(optax.scale_by_adam().init)(probes)
     seed_keys = jnp.stack([jax.random.key(s) for s in seeds])
     rows, labels = jnp.asarray(rows), jnp.asarray(labels, jnp.int32)
     steps = -(-n // batch_size)

@@ -1,24 +1,12 @@
 """LGM's synthetic-set parameterisations: a multi-scale pyramid of latent images, or plain pixels.
 
-A synthetic set is a list of *levels*, each ``[N, r, r, 3]`` float32, ordered coarse to fine
-(1, 2, 4, ... up to ``syn_res``; the reference keeps the reverse order, which changes nothing since
-the levels are summed). Decoding (lgm.md §2-3):
-
-    pre = sum over levels of bilinear_upsample(level, syn_res)   # align_corners=False, no antialias
-    pre = pre @ M_norm.T          (optional colour decorrelation, M / its largest column norm)
-    image = sigmoid(2 * pre)      in (0, 1)
-
-The pyramid starts with one ``start_res`` level and gains a finer one every ``extent`` steps
-(``extension_due``): every existing level is multiplied by ``old_len / new_len`` and the new level
-is N(0, 1) / new_len ("noise" init, the reference default; the decoded image changes) or the sum
-of the rescaled levels upsampled to the new resolution divided by ``old_len`` ("zero" init; the
-pre-sigmoid image is kept up to the difference between upsampling in two hops and in one).
-"Pixels" mode is a single full-resolution level that is never extended. Every level is allocated
-from the start; the inactive ones are zero and their gradients are masked (``active_mask``), so
-Adam leaves them at exactly zero and one compiled step serves the whole run.
-
-Upsampling is a pair of fixed (out, in) interpolation matrices per level, built once in numpy with
-PyTorch's source-index rule, so decoding is two small matmuls per level and exactly differentiable.
+A set is a list of levels ``[N, r, r, 3]``, coarse to fine (1, 2, 4, ... up to ``syn_res``),
+decoded as ``sigmoid(2 * M(sum of the levels upsampled to syn_res))``. Every level is allocated
+from the start; a level is activated every ``extent`` steps (``extension_due``) and inactive ones
+stay zero because their gradients are masked (``active_mask``), so one compiled step serves the
+whole run. Upsampling is a pair of fixed interpolation matrices per level (PyTorch's
+align_corners=False rule). The decoding, the initialisations and the extension rule are in
+docs/lgm.md#synthetic-images.
 """
 
 from __future__ import annotations
@@ -137,8 +125,3 @@ def active_mask(active: int, total: int) -> np.ndarray:
     """[total] 1.0 for the active levels, 0.0 for the rest (multiplies their gradients)."""
     return (np.arange(total) < active).astype(np.float32)
 
-
-def active_for_step(step: int, total: int, extent: int) -> int:
-    """How many levels are active during ``step`` (after that step's extension)."""
-    added = (step - 1) // extent if step > 1 else 0
-    return 1 + min(added, total - 1)

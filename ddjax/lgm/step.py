@@ -1,24 +1,11 @@
-"""Linear gradient matching (lgm.md §1): the pure, jittable core.
+"""Linear gradient matching: the pure, jittable step of LGM's distillation.
 
-One step, for a frozen backbone phi and a synthetic set decoded from ``levels``:
-
-1. K fresh random linear probes, W ~ N(0, 0.01^2) of shape [C, D] and b = 0 (K = 1 is the
-   reference; K > 1 averages the meta-loss over probes that share one backbone pass);
-2. the real batch, augmented once per image, embedded without a graph; for every probe the
-   gradient of the mean cross-entropy with respect to (W, b), flattened as [vec(dW), db];
-3. the synthetic set replicated ``augs`` times along the batch axis, each row augmented
-   independently, embedded, and the same probe gradient taken *as a function of the images*;
-4. meta-loss = mean over probes of 1 - cos(g_real, g_syn) over the whole [C*D + C] vector.
-
-The probe gradient of mean cross-entropy has the closed form dW = (P - Y)^T Z / N and
-db = sum_i (P_i - Y_i) / N with P = softmax(Z W^T + b); ``probe_grad="autodiff"`` takes it with
-``jax.grad`` instead (same values, tested). Either way only a VJP through the backbone is needed.
-
-Memory: with ``chunk_size`` > 0 the synthetic side is computed in two exact passes over chunks of
-the replicated batch (lgm.md §12 F): pass 1 embeds every chunk without keeping activations; the
-meta-loss and its gradient with respect to the features Z are then cheap; pass 2 re-embeds each
-chunk with the *same* augmentation draws and pulls the chunk's feature cotangent back to the
-decoded images; one VJP through the decoder finishes. The real side is embedded in chunks too.
+Each step draws K random linear probes (K = 1 is the reference), takes the probes' gradients of
+the mean cross-entropy on an augmented real batch (closed form or ``jax.grad``, same values) and
+on ``augs`` augmented copies of the decoded synthetic set, and minimises the mean over probes of
+``1 - cos(g_real, g_syn)`` with Adam on the pyramid levels. Only a VJP through the frozen
+backbone is needed; ``chunk_size`` > 0 computes the same meta-gradient in two exact passes over
+chunks, holding one chunk's activations. See docs/lgm.md#meta-loss.
 """
 
 from __future__ import annotations
@@ -209,13 +196,6 @@ def lgm_grads(problem: LgmProblem, levels, variables, x_real01: jax.Array, y_rea
     probes = draw_probes(k_probe, problem.num_probes, problem.num_classes, problem.feature_dim)
     g_real = real_gradients(problem, variables, probes, x_real01, y_real, k_real)
     return meta_loss_and_grad(problem, levels, variables, probes, g_real, syn_labels, k_syn)
-
-
-def committed(tree):
-    """``tree`` placed on the default device as committed arrays, like a jitted step's outputs.
-    Feeding a step its own outputs and freshly created (uncommitted) arrays alike would otherwise
-    compile it once for each placement."""
-    return jax.device_put(tree, jax.devices()[0])
 
 
 def lgm_optimizer(lr: float) -> optax.GradientTransformation:

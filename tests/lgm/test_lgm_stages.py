@@ -1,10 +1,9 @@
 """`ddjax distill lgm` and `ddjax eval lgm` end to end on a tiny archive with tiny backbones:
-resume equals an uninterrupted run, the evaluation fills the A x B matrix with the baselines'
-right picks, bad inputs are one-line errors."""
+resume equals an uninterrupted run (metrics without duplicates), a partial set is redone, the
+evaluation fills the A x B matrix with the baselines' right picks and is not blocked by
+distillation-only settings, sets made differently and bad inputs are one-line errors."""
 
 import json
-from pathlib import Path
-
 import jax
 import numpy as np
 import pytest
@@ -14,7 +13,8 @@ import ddjax.lgm.eval_stage as eval_stage
 from lgm_helpers import LGM_SMOKE, tiny_backbone
 from ddjax.cli import main
 from ddjax.data import class_balanced_subset, load_arrays
-from ddjax.artifacts.image_set import read_image_set, write_image_set
+from ddjax.artifacts.base import MARKER
+from ddjax.artifacts.image_set import BASELINE_SET, LGM_SET, read_image_set, write_image_set
 
 
 @pytest.fixture
@@ -37,13 +37,20 @@ def _cli(command, workdir, overrides, capsys):
     return code, capsys.readouterr()
 
 
+def _metrics(workdir):
+    lines = (workdir / "lgm" / "metrics.jsonl").read_text().splitlines()
+    return [(r["backbone"], r["step"], r["loss"], r["loss_mean"], r["levels"])
+            for r in map(json.loads, lines)]
+
+
 def test_resumed_distillation_equals_an_uninterrupted_run(toy, tmp_path, capsys, monkeypatch):
     overrides, _ = toy
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     code, out = _cli(["distill", "lgm"], straight, overrides, capsys)
     assert code == 0, out.err
     summary = json.loads(out.out.strip().splitlines()[-1])
-    assert summary["steps"] == 7 and np.isfinite(summary["final_loss"]["tiny"])
+    assert summary["updates"] == 7 and summary["last_step"] == 6     # steps 0..6
+    assert np.isfinite(summary["final_loss"]["tiny"])
 
     real = lgm_stage.make_train_step
 
@@ -52,7 +59,9 @@ def test_resumed_distillation_equals_an_uninterrupted_run(toy, tmp_path, capsys,
 
         def wrapped(*a):
             calls.append(1)
-            if len(calls) == 5:   # step 4: after step 3's checkpoint, before step 5's new level
+            # step 5: after step 4's metrics record, whose checkpoint (6) is not written yet, and
+            # after step 5's new level, which the rerun adds again
+            if len(calls) == 6:
                 raise KeyboardInterrupt("simulated kill")
             return step(*a)
 
@@ -61,20 +70,33 @@ def test_resumed_distillation_equals_an_uninterrupted_run(toy, tmp_path, capsys,
     monkeypatch.setattr(lgm_stage, "make_train_step", failing_factory)
     with pytest.raises(KeyboardInterrupt):
         _cli(["distill", "lgm"], resumed, overrides, capsys)
+    assert [m[1] for m in _metrics(resumed)] == [0, 1, 2, 3, 4]
     monkeypatch.setattr(lgm_stage, "make_train_step", real)
     code, out = _cli(["distill", "lgm"], resumed, overrides, capsys)
     assert code == 0, out.err
-    a_images, a_labels, a_meta = read_image_set(straight / "lgm" / "tiny" / "set")
-    b_images, b_labels, b_meta = read_image_set(resumed / "lgm" / "tiny" / "set")
+    a_dir, b_dir = (LGM_SET.locate(w, tag="tiny") for w in (straight, resumed))
+    a_images, a_labels, a_meta = read_image_set(LGM_SET, a_dir)
+    b_images, b_labels, b_meta = read_image_set(LGM_SET, b_dir)
     np.testing.assert_array_equal(a_images, b_images)
     np.testing.assert_array_equal(a_labels, [0, 1, 2])
     assert a_meta["final_loss"] == b_meta["final_loss"] and a_images.shape == (3, 16, 16, 3)
-    lines = (straight / "lgm" / "metrics.jsonl").read_text().splitlines()
-    levels = [json.loads(line)["levels"] for line in lines]
-    assert levels == [1, 1, 1, 2, 2, 3, 3]                         # levels added at steps 3 and 5
-    assert (straight / "lgm" / "tiny" / "set" / "grid.png").exists()
-    assert len(list((straight / "lgm" / "tiny" / "set" / "images").glob("*.png"))) == 3
-    assert (straight / "lgm" / "tiny" / "snapshots" / "step_000003.png").exists()
+    assert _metrics(resumed) == _metrics(straight)                   # each (backbone, step) once
+    assert [m[4] for m in _metrics(straight)] == [1, 1, 1, 2, 2, 3, 3]   # levels added at 3 and 5
+    assert (a_dir / "grid.png").exists() and len(list((a_dir / "images").glob("*.png"))) == 3
+    snapshots = sorted(p.name for p in (straight / "lgm" / "tiny" / "snapshots").glob("*.png"))
+    assert snapshots == ["step_000000.png", "step_000003.png", "step_000006.png"]
+
+    # A set a killed writer left without its marker (and a stale .partial) is redone by a rerun,
+    # from the last checkpoint, equal to the first.
+    (b_dir / MARKER).unlink()
+    partial = b_dir.with_name(b_dir.name + ".partial")
+    partial.mkdir()
+    (partial / "junk").write_text("left by a killed writer")
+    code, out = _cli(["distill", "lgm"], resumed, overrides, capsys)
+    assert code == 0, out.err
+    assert LGM_SET.is_complete(b_dir) and not partial.exists()
+    np.testing.assert_array_equal(read_image_set(LGM_SET, b_dir)[0], a_images)
+    assert _metrics(resumed) == _metrics(straight)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -91,10 +113,11 @@ def test_bad_inputs_are_one_line_errors(toy, tmp_path, capsys, override, message
         assert not (tmp_path / "bad" / "lgm" / "config.json").exists()
 
 
-def _fake_distilled_set(workdir, tag, seed):
+def _fake_distilled_set(workdir, tag, seed, backbone=None):
     images = np.random.default_rng(seed).uniform(size=(3, 16, 16, 3)).astype(np.float32)
-    write_image_set(Path(workdir) / "lgm" / tag / "set", images, np.arange(3),
-                    {"method": "lgm", "tag": tag, "feature_dim": 32})
+    write_image_set(LGM_SET, LGM_SET.locate(workdir, tag=tag), images, np.arange(3),
+                    {"method": "lgm", "tag": tag, "dataset": "toy", "ipc": 1, "syn_res": 16,
+                     "backbone": backbone or f"lgmtest:{seed}", "feature_dim": 32})
     return images
 
 
@@ -126,23 +149,45 @@ def test_eval_fills_the_cross_model_matrix_with_the_baselines(toy, tmp_path, cap
     members = [np.flatnonzero(train_labels == c) for c in range(3)]
     expect_centroids = [m[np.argmin(np.linalg.norm(features[m] - features[m].mean(0), axis=1))]
                         for m in members]
-    meta = read_image_set(workdir / "lgm_eval" / "sets" / "centroids_a")[2]
+    meta = read_image_set(BASELINE_SET, BASELINE_SET.locate(workdir, name="centroids_a"))[2]
     assert meta["train_indices"] == [int(i) for i in expect_centroids]
     query = np.asarray(embed(distilled["a"]))
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
     expect_neighbors = [m[np.argmax(unit[m] @ query[c])] for c, m in enumerate(members)]
-    assert read_image_set(workdir / "lgm_eval" / "sets" / "neighbors_a")[2]["train_indices"] == \
-        [int(i) for i in expect_neighbors]
-    assert read_image_set(workdir / "lgm_eval" / "sets" / "random_1")[2]["train_indices"] == \
+    def baseline(name):
+        return read_image_set(BASELINE_SET, BASELINE_SET.locate(workdir, name=name))
+
+    assert baseline("neighbors_a")[2]["train_indices"] == [int(i) for i in expect_neighbors]
+    assert baseline("random_1")[2]["train_indices"] == \
         class_balanced_subset(train_labels, 1, 1).tolist()
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished evaluation was trained again")
 
     monkeypatch.setattr(eval_stage, "train_probes", no_training)
-    code, out = _cli(["eval", "lgm"], workdir, overrides, capsys)
+    # distillation-only settings are neither recorded nor checked by the evaluation
+    recorded = json.loads((workdir / "lgm_eval" / "config.json").read_text())
+    assert recorded["lgm"] == {"backbones": ["a=lgmtest:0", "b=lgmtest:1"], "ipc": 1}
+    code, out = _cli(["eval", "lgm"], workdir,
+                     overrides + ["lgm.iterations=99", "lgm.lr=0.5", "seed=7"], capsys)
     assert code == 0, out.err
     assert json.loads((workdir / "lgm_eval" / "results.json").read_text()) == report
+
+
+@pytest.mark.parametrize("override,message", [
+    ("lgm.backbones=('a=lgmtest:5',)", 'backbone: "lgmtest:0" there, "lgmtest:5" here'),
+    ("lgm.ipc=2", "ipc: 1 there, 2 here"),
+])
+def test_eval_refuses_a_set_made_differently(toy, tmp_path, capsys, override, message):
+    overrides, _ = toy
+    _fake_distilled_set(tmp_path, "a", 0)
+    code, out = _cli(["eval", "lgm"], tmp_path, overrides + ["lgm.backbones=('a=lgmtest:0',)",
+                                                            override], capsys)
+    err = out.err.strip().splitlines()[-1]
+    assert code == 2 and out.err.count("ddjax: error:") == 1, out.err
+    assert err.startswith("ddjax: error: the LGM image set at") and "made differently" in err
+    assert message in err, out.err
+    assert not (tmp_path / "lgm_eval" / "results").exists()
 
 
 def test_smoke_config_runs_on_cifar10(cifar10_data_dir, tmp_path, capsys):
@@ -157,6 +202,6 @@ def test_smoke_config_runs_on_cifar10(cifar10_data_dir, tmp_path, capsys):
     assert code == 0, out.err
     summary = json.loads(out.out.strip().splitlines()[-1])
     assert 0.0 <= summary["lgm_top1"]["tiny"] <= 100.0
-    images, labels, meta = read_image_set(tmp_path / "lgm" / "tiny" / "set")
+    images, labels, meta = read_image_set(LGM_SET, LGM_SET.locate(tmp_path, tag="tiny"))
     assert images.shape == (10, 32, 32, 3) and meta["dataset"] == "cifar10"
     assert meta["class_names"][0] == "airplane"
