@@ -19,6 +19,7 @@ import optax
 
 from ddjax.lgm.step import PROBE_STD, Probes
 from ddjax.lgm.augment import augment, center_view, sample_aug
+from ddjax.models.batched import map_batches
 from ddjax.runlog import progress
 
 
@@ -147,17 +148,8 @@ def embed_images(backbone, images, batch_size: int = 500, desc: str | None = Non
     uint8 or [0, 1] float images, in order; every batch is padded to ``batch_size`` so one program
     per backbone and image shape serves all calls."""
     embed = _center_embedder(backbone)
-    n = len(images)
-    size = max(1, batch_size)
-    out = []
-    starts = range(0, n, size)
-    for start in (progress(starts, desc=desc) if desc else starts):
-        chunk = np.asarray(images[start:start + size])
-        valid = len(chunk)
-        if valid < size:
-            chunk = np.concatenate([chunk, np.zeros((size - valid, *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(embed(backbone.variables, chunk))[:valid])
-    return np.concatenate(out).astype(np.float32)
+    return map_batches(lambda x: embed(backbone.variables, x), len(images), max(1, batch_size),
+                       lambda idx: np.asarray(images[idx]), desc=desc).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)
