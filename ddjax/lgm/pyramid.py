@@ -20,16 +20,18 @@ import numpy as np
 from ddjax.errors import DdjaxError
 
 # The ImageNet colour-correlation square root of the reference (the Lucid values).
-COLOR_CORRELATION_SQRT = np.array([[0.26, 0.09, 0.02],
-                                   [0.27, 0.00, -0.05],
-                                   [0.27, -0.09, 0.03]], np.float32)
+COLOR_CORRELATION_SQRT = ((0.26, 0.09, 0.02),
+                          (0.27, 0.00, -0.05),
+                          (0.27, -0.09, 0.03))
 DISTILL_MODES = ("pyramid", "pixels")
 INIT_MODES = ("noise", "zero")
 
 
-def color_matrix() -> np.ndarray:
-    """The colour matrix divided by its largest column norm (0.461952), as the reference does."""
-    return COLOR_CORRELATION_SQRT / np.linalg.norm(COLOR_CORRELATION_SQRT, axis=0).max()
+def color_matrix(dtype=np.float32) -> np.ndarray:
+    """The colour matrix divided by its largest column norm (0.461952), as the reference does,
+    computed in ``dtype`` (the images'), so float64 images get a float64 matrix."""
+    matrix = np.array(COLOR_CORRELATION_SQRT, dtype)
+    return matrix / np.linalg.norm(matrix, axis=0).max()
 
 
 def level_resolutions(syn_res: int, start_res: int = 1) -> tuple[int, ...]:
@@ -44,9 +46,9 @@ def level_resolutions(syn_res: int, start_res: int = 1) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=64)
 def upsample_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """``[out_size, in_size]`` weights of 1-D bilinear resizing with align_corners=False (PyTorch's
-    rule: source = (i + 0.5) * in / out - 0.5, clamped below at 0; the upper neighbour is clamped
-    to the last pixel)."""
+    """``[out_size, in_size]`` float64 weights of 1-D bilinear resizing with align_corners=False
+    (PyTorch's rule: source = (i + 0.5) * in / out - 0.5, clamped below at 0; the upper neighbour
+    is clamped to the last pixel); ``upsample`` casts them to the images' dtype."""
     src = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
     lo = np.floor(src).astype(np.int64)
     frac = src - lo
@@ -55,15 +57,16 @@ def upsample_matrix(in_size: int, out_size: int) -> np.ndarray:
     weights = np.zeros((out_size, in_size), np.float64)
     np.add.at(weights, (np.arange(out_size), lo), 1.0 - frac)
     np.add.at(weights, (np.arange(out_size), hi), frac)
-    return weights.astype(np.float32)
+    weights.flags.writeable = False  # cached and shared
+    return weights
 
 
 def upsample(x_NHWC: jax.Array, size: int) -> jax.Array:
     """Bilinear resize of square images to ``size`` x ``size`` (identity when already that size)."""
     if x_NHWC.shape[1] == size and x_NHWC.shape[2] == size:
         return x_NHWC
-    rows = jnp.asarray(upsample_matrix(x_NHWC.shape[1], size))
-    cols = jnp.asarray(upsample_matrix(x_NHWC.shape[2], size))
+    rows = jnp.asarray(upsample_matrix(x_NHWC.shape[1], size), x_NHWC.dtype)
+    cols = jnp.asarray(upsample_matrix(x_NHWC.shape[2], size), x_NHWC.dtype)
     return jnp.einsum("oh,nhwc,pw->nopc", rows, x_NHWC, cols)
 
 
@@ -71,7 +74,7 @@ def decode_latent(levels, syn_res: int, decorrelate: bool = True) -> jax.Array:
     """The pre-sigmoid image: summed upsampled levels, colour-mixed when ``decorrelate``."""
     pre = sum(upsample(level, syn_res) for level in levels)
     if decorrelate:
-        pre = pre @ jnp.asarray(color_matrix()).T
+        pre = pre @ jnp.asarray(color_matrix(pre.dtype)).T
     return pre
 
 

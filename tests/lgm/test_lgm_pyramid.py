@@ -52,6 +52,19 @@ def test_decode_matches_numpy(decorrelate):
     assert got.shape == (2, 12, 12, 3) and float(got.min()) > 0 and float(got.max()) < 1
 
 
+def test_float64_levels_decode_in_float64():
+    """The colour and upsampling matrices follow the images' dtype: float64 levels decode to
+    float64 images equal to the float64 numpy decoding far below float32's resolution."""
+    rng = np.random.default_rng(1)
+    levels = [rng.normal(size=(2, r, r, 3)) for r in (1, 2, 4, 7)]
+    with jax.enable_x64(True):
+        got = pyramid.decode([jnp.asarray(x, jnp.float64) for x in levels], 7, True)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(got), numpy_decode(levels, 7, True), rtol=0, atol=1e-13)
+    assert pyramid.color_matrix(np.float64).dtype == np.float64
+    assert pyramid.color_matrix().dtype == np.float32
+
+
 def test_upsample_agrees_with_jax_image_resize():
     x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
     np.testing.assert_allclose(pyramid.upsample(x, 16),
