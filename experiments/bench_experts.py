@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddjax.mkdt.experts_stage import expert_keys
-from ddjax.mkdt.experts import epoch_permutations, make_epoch_fn, mse_loss_fn, torch_sgd
+from ddjax.mkdt.experts import (epoch_permutations, expert_keys, make_student_epoch, mse_loss_fn,
+                                torch_sgd)
 from ddjax.models import build_model
 from ddjax.models.registry import dummy_input
 
@@ -32,7 +32,7 @@ def time_epoch(model, num_experts: int, steps: int, batch: int, repeats: int) ->
     images = jnp.asarray(rng.normal(size=(steps * batch, 32, 32, 3)).astype(np.float32))
     targets = jnp.asarray(rng.normal(size=(steps * batch, 512)).astype(np.float32))
     optimizer = torch_sgd(0.1, 0.9, 1e-4)
-    epoch_fn = make_epoch_fn(mse_loss_fn(model.apply), optimizer, batch)
+    epoch_fn = make_student_epoch(mse_loss_fn(model.apply), optimizer, batch)
     init_keys, data_keys, aug_keys = expert_keys(0, list(range(num_experts)))
     params = jax.vmap(lambda k: model.init(k, dummy_input((32, 32)))["params"])(init_keys)
     opt = jax.vmap(optimizer.init)(params)

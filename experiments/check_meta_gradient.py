@@ -18,13 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
 from ddjax.config import load_config
 from ddjax.mkdt.distill_stage import init_indices
 from ddjax.mkdt.mtt import make_meta_loss, masked_mse
 from ddjax.mkdt.sampling import SyntheticBatches
-from ddjax.mkdt.student import load_targets, student_inputs, student_model
-from ddjax.artifacts.trajectories import TrajectoryStore
-from ddjax.workdir import Stage
+from ddjax.mkdt.student import load_representations, student_inputs, student_model
 
 
 def main() -> None:
@@ -34,12 +33,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[8, 12, 16, 20])
     parser.add_argument("--h", type=float, default=1e-3, help="finite-difference step on the lr")
     args = parser.parse_args()
-    config = load_config(args.config)
-    stage = Stage("distill", config, Path(args.workdir).absolute())
-    images, labels, _, _ = student_inputs(stage)
-    targets, _ = load_targets(stage, labels)
-    indices = init_indices(stage)
-    store = TrajectoryStore.open(stage.sibling("experts") / "trajectories")
+    config, workdir = load_config(args.config), Path(args.workdir).absolute()
+    images, labels, spec, _ = student_inputs(config, workdir)
+    targets = load_representations(config, workdir, spec, len(labels))
+    indices = init_indices(config, workdir)
+    store = TrajectoryStore.open(TRAJECTORIES.locate(workdir))
     expert = store.complete_experts()[0]
     start, target = store.load_epoch(expert, 0), store.load_epoch(expert, config.distill.expert_epochs)
     model = student_model(config, store.meta["num_outputs"], images.shape[1:3])

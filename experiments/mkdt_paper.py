@@ -1,4 +1,4 @@
-"""MKDT at the paper's settings (mkdt.md §2-§4.4), one argument per table row:
+"""MKDT at the paper's settings (docs/mkdt.md), one argument per table row:
 ``cifar10_2`` (default), ``cifar10_5``, ``cifar100_2``, ``cifar100_5``, ``tiny_imagenet_2``.
 
     W=runs/mkdt_cifar10_2; C=experiments/mkdt_paper.py:cifar10_2
@@ -8,11 +8,9 @@
     ddjax select high-loss --config $C --workdir $W
     ddjax distill mkdt --config $C --workdir $W
 
-MKDT did not train its teacher: it used KRR-ST's Barlow Twins ResNet-18 checkpoint
-(``teacher_ckpt/barlow_twins_resnet18_<dataset>.pt`` of db-Lee/selfsup_dd); pass it with
-``teacher.import_path`` (plus ``teacher.import_prefix`` / ``teacher.import_ignore`` if its names
-carry a wrapper prefix or extra heads). Without it ``ddjax teacher`` trains one from scratch with
-the Barlow Twins recipe (1000 epochs of LARS: an accelerator's job).
+MKDT used KRR-ST's Barlow Twins ResNet-18 checkpoint (``teacher_ckpt/barlow_twins_resnet18_
+<dataset>.pt`` of db-Lee/selfsup_dd) as its teacher; without ``teacher.import_path``, ``ddjax
+teacher`` trains one (an accelerator's job). See docs/mkdt.md#teacher.
 """
 
 from ddjax.mkdt.defaults import mkdt_config

@@ -4,7 +4,7 @@ subsets -> distillation -> evaluation, at the paper's settings (``experiments/mk
     python experiments/mkdt_tables.py cifar10_2 --workdir runs/c10_2 --teacher-import bt_c10.pt
     python experiments/mkdt_tables.py resnets --workdir runs/c100_2 --dry-run   # print, run nothing
 
-Tables (mkdt.md §7): ``cifar10_2``, ``cifar100_2`` (with the random-init ablation),
+Tables (docs/mkdt.md#evaluation): ``cifar10_2``, ``cifar100_2`` (with the random-init ablation),
 ``tiny_imagenet_2``, ``cifar10_5``, ``cifar100_5`` (larger sets), ``resnets`` (the CIFAR-100 2% set
 pre-training ResNet-10 and ResNet-18). Every command is a plain ``ddjax`` stage, printed before it
 runs; each resumes or skips what its workdir already holds, so rerunning this script continues

@@ -1,6 +1,6 @@
 """Classic supervised MTT (Cazenavette et al. 2022) on CIFAR-10 through the same stages: experts
 trained with cross-entropy at MTT's settings (lr 0.01, no momentum, no weight decay, 50 epochs,
-DSA on; mkdt.md §3 "Compared with MTT") and distillation in ``mtt`` mode (fixed one-hot labels,
+DSA on; docs/mkdt.md#modes-mtt-and-mtt-ssl) and distillation in ``mtt`` mode (fixed one-hot labels,
 learnable images and lr, DSA in the inner loop, MTT's syn_steps 20, expert_epochs 3,
 max_start_epoch 25, lr_img 1000, lr_lr 1e-5, lr_teacher 0.01). ``--set experts.zca=True`` adds
 MTT's ZCA option. The argument is the number of images per class (default 10).

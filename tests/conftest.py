@@ -123,11 +123,15 @@ class ToyPipeline:
     train_images: int
     capsys: object
 
-    def write_reps(self, workdir: Path, rows: int | None = None, dim: int = 5) -> np.ndarray:
-        from ddjax.checkpoint import save_pytree
+    def write_reps(self, workdir: Path, rows: int | None = None, dim: int = 5,
+                   dataset: str = "toy") -> np.ndarray:
+        """Stand-in teacher representations, written as `ddjax represent` writes them."""
+        from ddjax.artifacts.representations import REPRESENTATIONS, write_representations
 
         reps = np.random.default_rng(1).normal(size=(rows or self.train_images, dim)).astype(np.float32)
-        save_pytree(Path(workdir) / "represent" / "representations", {"representations": reps})
+        write_representations(REPRESENTATIONS.locate(workdir), reps, {
+            "teacher_sha256": "stand-in", "dataset": dataset, "split": "train", "train_subset": 0,
+            "n": len(reps), "d": dim})
         return reps
 
     def cli(self, command: list[str], workdir: Path, extra: list[str] = ()):

@@ -2,8 +2,9 @@
 
 ``mkdt_config(dataset, percent)`` returns the full ``ConfigDict`` every MKDT stage reads
 (``data``, ``teacher``, ``represent``, ``model``, ``experts``, ``select``, ``distill``,
-``mkdt_eval``) with the reference's values (mkdt.md §2-§5). Files under ``experiments/`` call it and override what they
-change (tiny sizes for smoke tests, CPU-sized runs), so the paper's numbers live here once.
+``mkdt_eval``) with the reference's values (docs/mkdt.md). Files under ``experiments/`` call it
+and override what they change (tiny sizes for smoke tests, CPU-sized runs), so the paper's
+numbers live here once.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import ml_collections
 from ddjax.defaults import base_config
 from ddjax.errors import DdjaxError
 
-# mkdt.md §4.4: per-dataset distillation settings (lr_lr 1e-4, lr_labels 1, lr_teacher 0.1 and
-# batch_syn 256 everywhere). Tiny 5% is unspecified in the reference (its script copies 2%).
+# Per-dataset distillation settings (docs/mkdt.md#trajectory-matching; lr_lr 1e-4, lr_labels 1,
+# lr_teacher 0.1 and batch_syn 256 everywhere). Tiny 5% is unspecified in the reference (its
+# script copies 2%).
 PAPER_DISTILL = {
     ("cifar10", 2): {"iterations": 5000, "syn_steps": 40, "max_start_epoch": 2, "lr_images": 1e3},
     ("cifar10", 5): {"iterations": 5000, "syn_steps": 40, "max_start_epoch": 5, "lr_images": 1e4},
@@ -47,7 +49,7 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
         # 'mse': KD to teacher representations (MKDT); 'ce': labels (MTT); 'barlow_twins': SSL on two
         # DSA views of each minibatch, no targets (the naive MTT-SSL baseline, MKDT's Appendix F)
         "loss": "mse",
-        "representations": "",          # empty: <workdir>/represent/representations
+        "representations": "",          # empty: <workdir>/represent/representations (an artifact dir)
         "num_experts": 100,
         "epochs": 20,
         "lr": 0.1,
@@ -84,18 +86,18 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
         "clip_grad_norm": 0.0,          # >0: clip each learnable's meta-gradient norm (option)
         "inner_dtype": "float32",       # 'bfloat16': inner loop in bf16 (option)
         "remat": True,                  # jax.checkpoint the unrolled step (memory flat in syn_steps)
-        "dsa": False,                   # DSA on every inner minibatch (classic MTT; MKDT: off, §4.7;
+        "dsa": False,                   # DSA on every inner minibatch (classic MTT; MKDT: off;
                                         # mtt_ssl: must stay off, its views are the experts' DSA)
         "dsa_strategy": "color_crop_cutout_flip_scale_rotate",
         "checkpoint_every": 10,
         "save_every": 1000,
     }, **PAPER_DISTILL[(dataset, percent)]))
-    # Evaluation (mkdt.md §5-§6): pre-train a fresh encoder on each set, probe its frozen features.
+    # Evaluation (docs/mkdt.md#evaluation): pre-train a fresh encoder on each set, probe its frozen features.
     config.mkdt_eval = ml_collections.ConfigDict({
         # Rows: 'mkdt' (this workdir's distilled set), 'random' / 'high_loss' (select's subsets of
         # distill.percent), 'full' (the whole train split), 'no_pretrain' (a fixed random encoder).
         "rows": ("no_pretrain", "random", "high_loss", "mkdt"),
-        # More distilled sets as 'name=path' (a workdir, its distill dir or a synsets/iter_* dir),
+        # More distilled sets as 'name=path' (a workdir: its latest set; or a synsets/iter_* dir),
         # e.g. 'mkdt_random_init=runs/c10_random_init' for the random-init ablation.
         "extra_synsets": (),
         "synset_iteration": -1,         # -1: the latest saved set; k: synsets/iter_k
@@ -118,4 +120,6 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
         "feature_batch": 256,
         "test_subset": 0,               # 0: the whole test split; n: a fixed random n (quick runs)
     })
+    if dataset == "tiny_imagenet":  # the reference evaluates the set saved at 5,000 of 10,000
+        config.mkdt_eval.synset_iteration = 5000
     return config

@@ -1,67 +1,10 @@
 """Differentiable Siamese Augmentation (DSA, Zhao & Bilen 2021) as MTT configures it.
 
-Images are NHWC float arrays in whatever space the caller works in (mean/std-normalised or
-ZCA-whitened); every op acts on the given values exactly as the reference's ``DiffAugment`` acts on
-its NCHW tensors (brightness, for instance, adds the same offset whatever the normalisation). All
-ops are differentiable with respect to the images and the whole of ``dsa_augment`` is pure and
-jittable (``params`` and ``strategy`` are static; ``DsaParams`` is hashable).
-
-Strategy and modes
-------------------
-``strategy`` is a ``_``-joined list of groups (``"none"``/``"None"``/``""``: identity):
-
-* ``color``  brightness ``x + (u_b − ½)·brightness``; then saturation
-  ``(x − m_C)·(u_s·saturation) + m_C`` with ``m_C`` the mean over channels at each pixel; then
-  contrast ``(x − m)·(u_c + contrast) + m`` with ``m`` the mean over (H, W, C) of each image;
-* ``crop``   integer translation ``(t_h, t_w)`` with ``t_h ∈ [−s_h, s_h]``,
-  ``s_h = int(H·ratio_crop_pad + 0.5)`` (same for W): ``out[i, j] = x[i + t_h, j + t_w]`` when
-  that pixel exists, else 0 (what the reference's pad-by-one, clamp-and-gather produces);
-* ``cutout`` a zeroed ``c_h × c_w`` rectangle, ``c_h = int(H·ratio_cutout + 0.5)``, centre
-  offset ``o_h ∈ [0, H − (c_h mod 2)]`` (inclusive); rows ``o_h − c_h//2 … o_h − c_h//2 + c_h − 1``
-  clamped into ``[0, H − 1]`` (the reference clamps indices, so the rectangle is cut at the
-  border, never wrapped or shifted); same for columns; applied as ``x · mask``;
-* ``flip``   horizontal (W axis) flip of the images with ``u_f < prob_flip``;
-* ``scale``  ``sx, sy = u·(r − 1/r) + 1/r`` with ``r = ratio_scale`` and affine matrix
-  ``[[sx, 0, 0], [0, sy, 0]]``;
-* ``rotate`` angle ``φ = (u − ½)·2·ratio_rotate·π/180`` and matrix
-  ``[[cos φ, −sin φ, 0], [sin φ, cos φ, 0]]``.
-
-``scale`` and ``rotate`` resample as PyTorch's ``F.affine_grid`` + ``F.grid_sample`` (bilinear,
-zero padding) with ``align_corners=DsaParams.align_corners``: the matrix maps each output pixel's
-normalised coordinate ``(x_w, y_h, 1)`` to the normalised input coordinate that is sampled.
-MTT passes ``align_corners=True`` (the default here); the DC/DSA/DM ``utils.py`` passes nothing,
-i.e. PyTorch's default ``False``.
-
-Mode ``'S'`` (the reference default) draws one position of the strategy uniformly per call and
-applies that group to the whole batch (each image with its own parameters); mode ``'M'`` applies
-every group in strategy order. Mode 'S' is a ``lax.switch`` on the drawn position, so one call
-runs one group; under ``vmap`` over keys the switch turns into a select and every group is
-computed (derive per-step keys with ``fold_in`` and call per batch instead).
-
-Randomness: key → parameters
-----------------------------
-``k_choice, k_ops = split(key)``. The group at strategy position ``i`` (mode ``'S'``: the chosen
-one) uses ``k = fold_in(fold_in(k_ops, GROUP_IDS[group]), occ)`` where ``GROUP_IDS`` is the fixed
-table color 0, crop 1, cutout 2, flip 3, scale 4, rotate 5 and ``occ`` is how many earlier positions hold the same group in mode ``'M'`` (always 0
-in mode ``'S'``), so a group's parameters do not depend on which other groups the strategy lists.
-``k`` is split into one key per draw, in this order: color (u_b, u_s, u_c); crop (t_h, t_w);
-cutout (o_h, o_w); flip (u_f); scale (u_sx, u_sy); rotate (u_φ). Each draw is a vector of length N
-(uniform floats in [0, 1) or uniform integers), element n for image n; mode ``'S'`` draws its
-position as ``randint(k_choice, 0, len(groups))``.
-
-Siamese property: the parameters are a function of (key, N, H, W, params, strategy) only, so two
-batches of the same shape augmented with the same key (real and synthetic, as DSA uses it) get
-identical transforms, image by image. With ``DsaParams.batch_shared=True`` every image of a batch
-gets image 0's parameters (draws of length 1, broadcast), which is what the DC/DSA/DM code does when
-it is given a seed (its ``param.Siamese``/``batchmode`` flag) and which makes batches of different
-sizes share the same transform. MTT calls ``DiffAugment`` without a seed, i.e. per-image
-parameters, hence the default ``False``.
-
-Differences from the reference: the random numbers come from JAX's PRNG, not torch's global
-generator, so values differ while every distribution, range and formula is the same; the
-reference builds the affine matrices in float32 whereas here they use the compute dtype (float32,
-or float64 for float64 images); lower-precision images are augmented in float32 and cast back.
-MTT's ``ParamDiffAug`` also has ``ratio_noise = 0.05``, which no op reads; it is omitted.
+Images are NHWC float arrays in whatever space the caller works in (normalised or ZCA-whitened);
+every op acts on the given values as the reference's ``DiffAugment`` acts on its NCHW tensors,
+is differentiable with respect to the images, and ``dsa_augment`` is pure and jittable
+(``params`` and ``strategy`` static). The group formulas are on ``apply_dsa``, the derivation of
+the random parameters from the key on ``sample_dsa``. See docs/mkdt.md#modes-mtt-and-mtt-ssl.
 """
 
 from __future__ import annotations
@@ -83,7 +26,8 @@ AUG_MODES = ("S", "M")
 
 @dataclasses.dataclass(frozen=True)
 class DsaParams:
-    """The reference's ``ParamDiffAug`` defaults plus two switches documented in the module."""
+    """The reference's ``ParamDiffAug`` defaults plus two switches, ``align_corners`` (on
+    ``apply_dsa``) and ``batch_shared`` (on ``sample_dsa``)."""
 
     aug_mode: str = "S"
     prob_flip: float = 0.5
@@ -171,7 +115,26 @@ def _sample_group(group: str, key: jax.Array, n: int, h: int, w: int, p: DsaPara
 
 def sample_dsa(key: jax.Array, shape: tuple[int, ...], params: DsaParams = DsaParams(),
                strategy: str = DSA_STRATEGY, dtype=jnp.float32) -> DsaDraw:
-    """All random parameters ``dsa_augment`` uses for a batch of ``shape`` (N, H, W, C)."""
+    """All random parameters ``dsa_augment`` uses for a batch of ``shape`` (N, H, W, C).
+
+    ``k_choice, k_ops = split(key)``. The group at strategy position ``i`` (mode ``'S'``: the chosen
+    one) uses ``k = fold_in(fold_in(k_ops, GROUP_IDS[group]), occ)`` where ``GROUP_IDS`` is the fixed
+    table color 0, crop 1, cutout 2, flip 3, scale 4, rotate 5 and ``occ`` is how many earlier
+    positions hold the same group in mode ``'M'`` (always 0 in mode ``'S'``), so a group's
+    parameters do not depend on which other groups the strategy lists.
+    ``k`` is split into one key per draw, in this order: color (u_b, u_s, u_c); crop (t_h, t_w);
+    cutout (o_h, o_w); flip (u_f); scale (u_sx, u_sy); rotate (u_φ). Each draw is a vector of length N
+    (uniform floats in [0, 1) or uniform integers), element n for image n; mode ``'S'`` draws its
+    position as ``randint(k_choice, 0, len(groups))``.
+
+    Siamese property: the parameters are a function of (key, N, H, W, params, strategy) only, so two
+    batches of the same shape augmented with the same key (real and synthetic, as DSA uses it) get
+    identical transforms, image by image. With ``DsaParams.batch_shared=True`` every image of a batch
+    gets image 0's parameters (draws of length 1, broadcast), which is what the DC/DSA/DM code does when
+    it is given a seed (its ``param.Siamese``/``batchmode`` flag) and which makes batches of different
+    sizes share the same transform. MTT calls ``DiffAugment`` without a seed, i.e. per-image
+    parameters, hence the default ``False``.
+    """
     _check_params(params)
     groups = parse_strategy(strategy)
     n, h, w = int(shape[0]), int(shape[1]), int(shape[2])
@@ -348,7 +311,38 @@ def _apply_group(group: str, x: jax.Array, op: dict[str, jax.Array], p: DsaParam
 
 def apply_dsa(images: jax.Array, draw: DsaDraw, params: DsaParams = DsaParams(),
               strategy: str = DSA_STRATEGY) -> jax.Array:
-    """Apply sampled parameters (from ``sample_dsa`` with the same shape, params and strategy)."""
+    """Apply sampled parameters (from ``sample_dsa`` with the same shape, params and strategy).
+
+    ``strategy`` is a ``_``-joined list of groups (``"none"``/``"None"``/``""``: identity):
+
+    * ``color``  brightness ``x + (u_b − ½)·brightness``; then saturation
+      ``(x − m_C)·(u_s·saturation) + m_C`` with ``m_C`` the mean over channels at each pixel; then
+      contrast ``(x − m)·(u_c + contrast) + m`` with ``m`` the mean over (H, W, C) of each image;
+    * ``crop``   integer translation ``(t_h, t_w)`` with ``t_h ∈ [−s_h, s_h]``,
+      ``s_h = int(H·ratio_crop_pad + 0.5)`` (same for W): ``out[i, j] = x[i + t_h, j + t_w]`` when
+      that pixel exists, else 0 (what the reference's pad-by-one, clamp-and-gather produces);
+    * ``cutout`` a zeroed ``c_h × c_w`` rectangle, ``c_h = int(H·ratio_cutout + 0.5)``, centre
+      offset ``o_h ∈ [0, H − (c_h mod 2)]`` (inclusive); rows ``o_h − c_h//2 … o_h − c_h//2 + c_h − 1``
+      clamped into ``[0, H − 1]`` (the reference clamps indices, so the rectangle is cut at the
+      border, never wrapped or shifted); same for columns; applied as ``x · mask``;
+    * ``flip``   horizontal (W axis) flip of the images with ``u_f < prob_flip``;
+    * ``scale``  ``sx, sy = u·(r − 1/r) + 1/r`` with ``r = ratio_scale`` and affine matrix
+      ``[[sx, 0, 0], [0, sy, 0]]``;
+    * ``rotate`` angle ``φ = (u − ½)·2·ratio_rotate·π/180`` and matrix
+      ``[[cos φ, −sin φ, 0], [sin φ, cos φ, 0]]``.
+
+    ``scale`` and ``rotate`` resample as PyTorch's ``F.affine_grid`` + ``F.grid_sample`` (bilinear,
+    zero padding) with ``align_corners=DsaParams.align_corners``: the matrix maps each output pixel's
+    normalised coordinate ``(x_w, y_h, 1)`` to the normalised input coordinate that is sampled.
+    MTT passes ``align_corners=True`` (the default here); the DC/DSA/DM ``utils.py`` passes nothing,
+    i.e. PyTorch's default ``False``.
+
+    Mode ``'S'`` (the reference default) draws one position of the strategy uniformly per call and
+    applies that group to the whole batch (each image with its own parameters); mode ``'M'`` applies
+    every group in strategy order. Mode 'S' is a ``lax.switch`` on the drawn position, so one call
+    runs one group; under ``vmap`` over keys the switch turns into a select and every group is
+    computed (derive per-step keys with ``fold_in`` and call per batch instead).
+    """
     _check_params(params)
     groups = parse_strategy(strategy)
     if not groups:
@@ -372,7 +366,7 @@ def apply_dsa(images: jax.Array, draw: DsaDraw, params: DsaParams = DsaParams(),
 
 def dsa_augment(key: jax.Array, images: jax.Array, params: DsaParams = DsaParams(),
                 strategy: str = DSA_STRATEGY) -> jax.Array:
-    """DSA-augment a batch of NHWC images (see the module docstring for semantics and keys)."""
+    """DSA-augment a batch of NHWC images (semantics on ``apply_dsa``, keys on ``sample_dsa``)."""
     if not parse_strategy(strategy):
         return images
     dtype = jnp.promote_types(images.dtype, jnp.float32)

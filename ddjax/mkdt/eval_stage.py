@@ -1,30 +1,16 @@
-"""``ddjax eval mkdt``: pre-train fresh encoders on MKDT's distilled set and the baselines, probe
-their frozen features with few labels on every readable downstream dataset (mkdt.md §5-§6).
+"""``ddjax eval mkdt``: pre-train fresh encoders on MKDT's distilled set and the baselines, then
+probe their frozen features with few labels on every readable downstream dataset.
 
-Rows (``mkdt_eval.rows`` and ``extra_synsets``):
-  ``mkdt``         this workdir's distilled set: MSE to its learned targets at its learned lr;
-  ``random``,      ``select``'s random / high-loss subsets of ``distill.percent``% and
-  ``high_loss``    the whole train split (``full``), regressing the teacher's representations at
-  ``full``         ``subset_lr`` (0.1): the reference pre-trains every baseline by KD;
-  ``no_pretrain``  one fixed random encoder (seed ``no_pretrain_seed``) for every probe seed;
-  ``<name>``       each ``name=path`` of ``extra_synsets`` (e.g. the random-init ablation, or
-                   an MTT-SSL set, pre-trained with its experts' Barlow Twins objective).
-Every seed pre-trains its own encoder (all seeds in one vmapped program, once per row and shared
-by the downstream datasets: the reference re-draws its clock-seeded encoder per dataset, which
-changes no expectation), then, per downstream dataset and label fraction, draws its labelled
-subset with ``random.sample`` seeded by the seed, extracts features and fits the L-BFGS probe.
-
-Downstream datasets without a local copy are skipped with the reason printed (downloads only
-with ``allow_download``). Pre-trained encoders go to ``<workdir>/mkdt_eval/encoders/<row>`` and
-each (row, dataset) result to ``results/`` as soon as it is known, so a rerun continues where a
-stopped one ended. ``results.json`` and ``tables.md`` hold the tables this stage prints.
+Rows (``mkdt_eval.rows``, ``extra_synsets``): ``mkdt`` (this workdir's set at its learned lr),
+``random`` / ``high_loss`` (the selections of ``distill.percent``) and ``full`` (the train split)
+regressing the teacher's representations, ``no_pretrain`` (a fixed random encoder), and other
+distilled sets. Encoders and each (row, dataset) result are artifacts written as soon as they are
+known, so a rerun continues where a stopped one ended. See docs/mkdt.md#evaluation.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -32,25 +18,28 @@ import jax
 import ml_collections
 import numpy as np
 
-from ddjax.checkpoint import load_pytree, save_pytree
-from ddjax.data.pipeline import dataset_spec, load_split
+from ddjax.artifacts.representations import REPRESENTATIONS
+from ddjax.artifacts.results import MKDT_ENCODERS, MKDT_RESULT, read_result, write_result
+from ddjax.artifacts.selection import selection_indices
+from ddjax.artifacts.synset import SYNSET, find_synset, read_synset
+from ddjax.data.pipeline import dataset_spec, load_normalized, load_split
 from ddjax.data.sources import local_unavailable_reason
 from ddjax.data.subsets import label_fraction_indices, random_subset
 from ddjax.data.transforms import normalize
-from ddjax.artifacts.synset import META, read_synset
 from ddjax.errors import DdjaxError
+from ddjax.mkdt import objectives
 from ddjax.mkdt import tables as mkdt_tables
 from ddjax.mkdt.lbfgs_probe import fit_probes, probe_accuracy
 from ddjax.mkdt.pretrain import features, init_encoders, pretrain, seed_keys
-from ddjax.mkdt.student import load_targets, student_inputs, student_model
-from ddjax.mkdt.experts_stage import ssl_objective
+from ddjax.mkdt.student import load_representations, representations_dir, student_model
 from ddjax.models import build_model
 from ddjax.models.registry import REPRESENTATION_DIM
 from ddjax.runlog import print_summary, write_json_atomic
 from ddjax.workdir import Stage
 
-READS = ("seed", "data", "model", "experts", "select", "distill", "mkdt_eval")
+READS = ("data", "model", "experts.representations", "distill.percent", "mkdt_eval")
 ROWS = ("no_pretrain", "random", "high_loss", "full", "mkdt")
+KD_ROWS = ("random", "high_loss", "full")
 
 
 def parse_extra_synsets(entries) -> dict[str, Path]:
@@ -87,44 +76,23 @@ def check_config(config) -> None:
 
 @dataclasses.dataclass
 class PretrainSet:
-    """What one row pre-trains on: normalised images, regression targets, the SGD lr; MTT-SSL
-    sets have zero-width targets and the Barlow Twins settings of their experts (``ssl``)."""
+    """What one row pre-trains on: normalised images, regression targets, the SGD lr; sets
+    without targets (MTT-SSL) carry their experts' SSL settings and head size instead."""
 
     images: np.ndarray
     targets: np.ndarray
     lr: float
     source: str
+    objective: objectives.Objective | None = None  # sets without targets: their experts' objective
     ssl: dict | None = None
-    ssl_outputs: int = 0  # MTT-SSL sets: the head size their experts had
+    ssl_outputs: int = 0
 
     @property
     def num_outputs(self) -> int:
         return self.ssl_outputs or self.targets.shape[1]
 
 
-def synset_dir(path: Path, iteration: int) -> Path:
-    """The distilled set under ``path`` (a ``synsets/iter_*`` dir, a distill dir or a workdir):
-    ``iter_<iteration>``, or the latest when ``iteration`` is -1."""
-    if (path / META).exists():
-        return path
-    for root in (path / "synsets", path / "distill" / "synsets"):
-        if root.is_dir():
-            break
-    else:
-        raise DdjaxError(f"no distilled sets under {path}; run `ddjax distill mkdt` there first")
-    if iteration >= 0:
-        chosen = root / f"iter_{iteration:06d}"
-        if not (chosen / META).exists():
-            raise DdjaxError(f"no distilled set {chosen}; saved: "
-                             f"{', '.join(p.name for p in sorted(root.glob('iter_*'))) or 'none'}")
-        return chosen
-    done = sorted(p for p in root.glob("iter_*") if (p / META).exists())
-    if not done:
-        raise DdjaxError(f"no complete distilled set in {root}; run `ddjax distill mkdt` first")
-    return done[-1]
-
-
-class Workspace:
+class EvalInputs:
     """The stage's inputs, loaded on first use: train data and teacher targets, downstream sets."""
 
     def __init__(self, stage: Stage):
@@ -135,46 +103,40 @@ class Workspace:
         self._downstream: dict[str, tuple] = {}
 
     def train_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """The normalised train split and the teacher's representations (the KD rows' targets)."""
         if self._train is None:
-            images, labels, _, zca = student_inputs(self.stage)
-            if zca is not None:
-                raise DdjaxError("MKDT evaluation pre-trains on unwhitened images; "
-                                 "this config sets experts.zca")
-            if self.stage.config.experts.loss != "mse":
-                raise DdjaxError("the random, high_loss and full rows pre-train by KD to teacher "
-                                 f"representations, but experts.loss is {self.stage.config.experts.loss!r} "
-                                 "here; evaluate those rows with an MKDT (mse) config")
-            self._train = images, load_targets(self.stage, labels)[0]
+            cfg, workdir = self.stage.config, self.stage.workdir
+            if not REPRESENTATIONS.is_complete(representations_dir(cfg, workdir)):
+                raise DdjaxError(f"the {', '.join(KD_ROWS)} rows pre-train by KD to the teacher's "
+                                 f"representations, and there are none at "
+                                 f"{representations_dir(cfg, workdir)}; run `ddjax represent` first, "
+                                 "or leave those rows out of mkdt_eval.rows")
+            images, labels, spec = load_normalized(cfg.data, "train")
+            self._train = images, load_representations(cfg, workdir, spec, len(labels))
         return self._train
 
     def pretrain_set(self, row: str) -> PretrainSet:
         cfg, ev = self.stage.config, self.ev
         if row in ("random", "high_loss"):
             images, targets = self.train_data()
-            path = self.stage.sibling("select") / f"{row}_{cfg.distill.percent:g}pct.npy"
-            if not path.exists():
-                raise DdjaxError(f"no {row} subset at {path}; run `ddjax select "
-                                 f"{row.replace('_', '-')}` with this --config and --workdir first")
-            idx = np.load(path)
-            return PretrainSet(images[idx], targets[idx], ev.subset_lr, str(path))
+            idx, directory = selection_indices(self.stage.workdir, row, cfg.distill.percent)
+            return PretrainSet(images[idx], targets[idx], ev.subset_lr, str(directory))
         if row == "full":
             images, targets = self.train_data()
             return PretrainSet(images, targets, ev.subset_lr, "train split")
-        base = self.extra.get(row, self.stage.sibling("distill"))
-        directory = synset_dir(base, ev.synset_iteration if row == "mkdt" else -1)
+        directory = find_synset(self.extra.get(row, self.stage.workdir),
+                                ev.synset_iteration if row == "mkdt" else -1)
         arrays, meta = read_synset(directory)
-        mode = meta.get("mode", "mkdt")
-        if meta.get("zca") or mode not in ("mkdt", "mtt_ssl"):
-            raise DdjaxError(f"{directory} was distilled in mode {mode!r}"
+        objective = objectives.by_mode(meta["mode"])
+        if meta.get("zca") or objective.targets == "labels":
+            raise DdjaxError(f"{directory} was distilled in mode {meta['mode']!r}"
                              f"{' with ZCA' if meta.get('zca') else ''}; MKDT evaluation pre-trains "
-                             "on unwhitened 'mkdt' (targets) or 'mtt_ssl' (Barlow Twins) sets")
-        if meta.get("dataset") != cfg.data.name:
-            raise DdjaxError(f"{directory} distils {meta.get('dataset')!r} but data.name is "
-                             f"{cfg.data.name!r}; evaluate it with its own config")
+                             "on unwhitened sets with learned targets or an SSL objective")
+        SYNSET.check(meta, {"dataset": cfg.data.name}, directory)
         images = np.asarray(arrays["images"])
-        if mode == "mtt_ssl":
+        if objective.targets == "none":
             return PretrainSet(images, np.zeros((len(images), 0), np.float32), float(arrays["lr"]),
-                               str(directory), ssl=meta["ssl"], ssl_outputs=meta["num_outputs"])
+                               str(directory), objective, meta["ssl"], meta["num_outputs"])
         return PretrainSet(images, np.asarray(arrays["targets"]), float(arrays["lr"]), str(directory))
 
     def downstream(self, name: str):
@@ -214,25 +176,22 @@ def encoder_model(config, image_size):
                        conv_impl=config.model.conv_impl)
 
 
-def _encoders(ws: Workspace, row: str, model, image_size):
+def _encoders(inputs: EvalInputs, row: str, model, image_size):
     """``(params_S, state_S, record)`` of a row, pre-trained now or loaded from an earlier run."""
-    ev, seeds = ws.ev, list(ws.ev.seeds)
-    path = ws.stage.directory / "encoders" / row
+    ev, seeds = inputs.ev, list(inputs.ev.seeds)
     if row == "no_pretrain":
         params, state = init_encoders(model, seed_keys([ev.no_pretrain_seed], 0), image_size)
         params, state = jax.tree.map(lambda x: np.repeat(x, len(seeds), axis=0), (params, state))
         return params, state, {"source": f"random init, seed {ev.no_pretrain_seed}"}
-    record_path = path.with_suffix(".json")
-    if record_path.exists():
-        saved = load_pytree(path)
-        return saved["params"], saved.get("model_state", {}), json.loads(record_path.read_text())
-    if path.exists():  # a run stopped between saving the encoders and their record: redo them
-        shutil.rmtree(path)
-    data = ws.pretrain_set(row)
+    directory = MKDT_ENCODERS.locate(inputs.stage.workdir, row=row)
+    if MKDT_ENCODERS.is_complete(directory):
+        saved, meta = MKDT_ENCODERS.read(directory)
+        return saved["params"], saved.get("model_state", {}), meta["pretraining"]
+    data = inputs.pretrain_set(row)
     if data.num_outputs != REPRESENTATION_DIM:
         model = model.clone(num_outputs=data.num_outputs)
-    # An MTT-SSL set pre-trains with its experts' Barlow Twins on two DSA views.
-    objective = ssl_objective(model.apply, data.ssl) if data.ssl else None
+    # A set without targets pre-trains with its experts' objective (MTT-SSL: Barlow Twins).
+    objective = data.objective.expert_objective(model.apply, None, data.ssl) if data.objective else None
     params, state = init_encoders(model, seed_keys(seeds, 0), image_size)
     started = time.perf_counter()
     params, state, loss = pretrain(model, params, state, data.images, data.targets,
@@ -243,18 +202,18 @@ def _encoders(ws: Workspace, row: str, model, image_size):
     if not np.isfinite(loss).all():
         raise DdjaxError(f"pre-training {row} diverged (final loss {loss.tolist()}) at lr {data.lr}")
     record = {"source": data.source, "lr": data.lr, "num_images": int(len(data.images)),
-              "objective": "barlow_twins" if data.ssl else "mse",
+              "objective": data.objective.expert_loss if data.objective else "mse",
               "final_loss": loss.tolist(), "seconds": round(time.perf_counter() - started, 1)}
-    save_pytree(path, {"params": params, **({"model_state": state} if state else {})})
-    write_json_atomic(record_path, record)
+    MKDT_ENCODERS.write(directory, {"pretraining": record},
+                        {"params": params, **({"model_state": state} if state else {})})
     return params, state, record
 
 
-def evaluate(ws: Workspace, row: str, dataset: str, model, encoders) -> dict:
+def evaluate(inputs: EvalInputs, row: str, dataset: str, model, encoders) -> dict:
     """Probe accuracies of one row on one downstream dataset, for every fraction and seed."""
-    ev, seeds = ws.ev, list(ws.ev.seeds)
+    ev, seeds = inputs.ev, list(inputs.ev.seeds)
     params, state, record = encoders
-    train_x, train_y, test_x, test_y, spec = ws.downstream(dataset)
+    train_x, train_y, test_x, test_y, spec = inputs.downstream(dataset)
     prepare = lambda u8: normalize(u8, spec.mean, spec.std)  # noqa: E731
     train_mode = bool(ev.bn_train_mode_features and state)
     started, accuracy, probe_loss, test = time.perf_counter(), {}, {}, None
@@ -278,36 +237,37 @@ def evaluate(ws: Workspace, row: str, dataset: str, model, encoders) -> dict:
 
 
 def run(stage: Stage) -> dict:
-    check_config(stage.config)
     started = time.perf_counter()
-    ws = Workspace(stage)
-    datasets, skipped = ws.readable_downstream()
+    inputs = EvalInputs(stage)
+    ev = inputs.ev
+    datasets, skipped = inputs.readable_downstream()
     if not datasets:
         raise DdjaxError("no downstream dataset is readable here: "
                          + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     image_size = tuple(dataset_spec(stage.config.data).image_size or (32, 32))
     model = encoder_model(stage.config, image_size)
     results = []
-    for row in ws.rows:
-        paths = {d: stage.directory / "results" / f"{row}__{d}.json" for d in datasets}
-        todo = [d for d in datasets if not paths[d].exists()]
-        encoders = _encoders(ws, row, model, image_size) if todo else None
+    for r, row in enumerate(inputs.rows):
+        paths = {d: MKDT_RESULT.locate(stage.workdir, row=row, dataset=d) for d in datasets}
+        todo = [d for d in datasets if not MKDT_RESULT.is_complete(paths[d])]
+        encoders = _encoders(inputs, row, model, image_size) if todo else None
         for dataset in datasets:
             if dataset in todo:
-                result = evaluate(ws, row, dataset, model, encoders)
-                write_json_atomic(paths[dataset], result)
-                stage.metrics.write(len(results), row=row, dataset=dataset,
-                                    accuracy=result["accuracy"])
-            results.append(json.loads(paths[dataset].read_text()))
-    report = mkdt_tables.build_report(results, ws.rows, datasets, list(stage.config.mkdt_eval.label_fractions),
-                                      skipped)
+                result = evaluate(inputs, row, dataset, model, encoders)
+                # One step per (row, configured dataset): stable when more datasets become readable.
+                step = r * len(ev.downstream) + list(ev.downstream).index(dataset)
+                stage.metrics.rewind(step - 1, row=row, dataset=dataset)
+                stage.metrics.write(step, row=row, dataset=dataset, accuracy=result["accuracy"])
+                write_result(MKDT_RESULT, paths[dataset], result)
+            results.append(read_result(MKDT_RESULT, paths[dataset]))
+    report = mkdt_tables.build_report(results, inputs.rows, datasets, list(ev.label_fractions), skipped)
     text = mkdt_tables.render(report)
     print(text, flush=True)
     (stage.directory / "tables.md").write_text(text + "\n")
     write_json_atomic(stage.directory / "results.json", report)
     own = stage.config.data.name
     headline = {row: {k: t.get(row, {}).get(own, {}).get("mean") for k, t in report["tables"].items()}
-                for row in ws.rows}
+                for row in inputs.rows}
     return print_summary("eval mkdt", stage.workdir,
                          {"results": stage.directory / "results.json",
                           "tables": stage.directory / "tables.md"},

@@ -1,27 +1,10 @@
-"""Expert training as pure, jitted functions, vmapped over a leading "expert" axis.
+"""Training students on real data as pure, jitted functions, vmapped over a leading axis.
 
-An expert is a student network trained on the real data (MKDT: MSE to the teacher's
-representations; classic MTT: cross-entropy to labels). E experts train in one compiled program:
-parameters and optimiser states carry a leading axis of size E, every expert has its own
-initialisation and its own data order, and one epoch is a ``lax.scan`` over minibatches.
-
-Faithful to the reference (mkdt.md §3): plain epochs over a fresh permutation, batches of
-``batch_size`` with the last partial batch kept (its loss is the mean over its own samples),
-PyTorch SGD semantics (weight decay added to the gradient, momentum buffer started at the first
-gradient, which optax's trace reproduces), no augmentation (classic MTT experts may use DSA).
-
-The naive MTT-SSL baseline (MKDT's Appendix F; no reference code) trains experts with Barlow Twins
-instead: ``two_views`` turns an augmentation into one that returns two independent views of the
-minibatch stacked on a leading axis of 2, and ``barlow_twins_loss_fn`` reads that pair, runs the
-student on both views (one forward pass over 2B images) and applies ``ddjax.ssl.losses``'s Barlow
-Twins loss to the student's outputs (its linear head; no projector), ignoring the targets. Both
-plug into ``make_epoch_fn`` unchanged, and the distillation inner loop reuses the same pair
-(``ddjax.mkdt.mtt.masked_barlow_twins``).
-
-Networks with BatchNorm (the evaluation's ResNet-10/18) carry a ``model_state``, the variable
-collections other than ``params`` (``{"batch_stats": ...}``), through the epoch: they run in train
-mode (batch statistics) and their running statistics update as PyTorch's ``model.train()`` does.
-Networks without such collections pass ``{}``.
+E networks (experts, or evaluation encoders, one per seed) train in one compiled program: their
+parameters and optimiser states carry a leading axis of size E, each has its own initialisation
+and data order, and one epoch is a ``lax.scan`` over minibatches with PyTorch's SGD semantics.
+The losses are KD (MSE to representations), cross-entropy, and Barlow Twins on two views.
+See docs/mkdt.md#experts.
 """
 
 from __future__ import annotations
@@ -94,7 +77,7 @@ def barlow_twins_of_views(apply_fn: Callable, params, model_state: ModelState, v
 def barlow_twins_loss_fn(apply_fn: Callable, lambd: float = BARLOW_TWINS_LAMBDA) -> LossFn:
     """Barlow Twins on a pair of views made by a ``two_views`` augmentation; targets ignored.
 
-    The loss is a batch statistic, not a mean over examples, so ``make_epoch_fn``'s epoch loss is
+    The loss is a batch statistic, not a mean over examples, so ``make_student_epoch``'s epoch loss is
     the mean of the minibatch losses weighted by minibatch size."""
 
     def loss(params, model_state, views_2B, targets):
@@ -110,22 +93,37 @@ def torch_sgd(lr: float, momentum: float, weight_decay: float) -> optax.Gradient
                        optax.sgd(lr, momentum=momentum or None))
 
 
+def expert_keys(seed: int, experts: list[int]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-expert (init, data-order, augmentation) keys, each derived from the expert's index
+    alone, so an expert's trajectory does not depend on which experts train with it."""
+    base = [jax.random.fold_in(jax.random.key(seed), e) for e in experts]
+    return tuple(jnp.stack([jax.random.fold_in(k, purpose) for k in base]) for purpose in range(3))
+
+
+def kept_epochs(epochs: int, keep: int) -> list[int]:
+    """Snapshots to store: 0..epochs, or 0..keep when ``keep`` >= 0 (what distillation reads)."""
+    last = epochs if keep < 0 else min(keep, epochs)
+    return list(range(last + 1))
+
+
 def epoch_permutations(keys_E: jax.Array, epoch: int, num_examples: int) -> jax.Array:
     """Each expert's data order for ``epoch``: a permutation from ``fold_in(expert_key, epoch)``."""
     return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), num_examples))(keys_E)
 
 
-def make_epoch_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
-                  augment: Augment | None = None):
+def make_student_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
+                       augment: Augment | None = None):
     """Build ``epoch(params_E, state_E, opt_E, images, targets, perm_EN, aug_keys_E)
     -> (params_E, state_E, opt_E, loss_E)``.
 
     ``images``/``targets`` are the whole training set (shared by all experts); ``perm_EN`` holds
-    each expert's example order. ``augment(key, batch)`` (e.g. DSA for classic MTT experts) is
-    applied to every minibatch with ``fold_in(aug_keys_E[e], step)`` and the loss receives what
-    it returns (Barlow Twins experts: the ``two_views`` pair); None (MKDT) skips it and
-    ignores ``aug_keys_E``. ``state_E`` is each network's ``model_state`` (``{}`` without
-    BatchNorm). ``loss_E`` is each expert's per-example mean loss over the epoch.
+    each expert's example order, cut into batches of ``batch_size`` with the last partial batch
+    kept (its loss the mean over its own members), as the reference's data loader does.
+    ``augment(key, batch)`` (e.g. DSA for classic MTT experts) is applied to every minibatch with
+    ``fold_in(aug_keys_E[e], step)`` and the loss receives what it returns (Barlow Twins experts:
+    the ``two_views`` pair); None (MKDT) skips it and ignores ``aug_keys_E``. ``state_E`` is each
+    network's ``model_state`` (``{}`` without BatchNorm). ``loss_E`` is each expert's
+    per-example mean loss over the epoch.
     """
 
     def one_step(params, model_state, opt_state, images, targets, key):

@@ -1,59 +1,10 @@
 """MKDT's linear-probe evaluation: ``nn.Linear(D, C)`` on frozen features, fit by L-BFGS.
 
-The reference trains the probe with ``torch.optim.LBFGS(lr=1, max_iter=20, max_eval=25,
-history_size=100, tolerance_grad=1e-7, tolerance_change=1e-9, line_search_fn=None)``, calling
-``.step(closure)`` ``steps`` (20) times on the full set of training features; the closure's loss is
-the mean cross-entropy plus ``l2 * sum(W**2)`` (weights only, a sum, l2 = 1e-3). This module
-reproduces that run step for step as one jittable function that vmaps over seeds:
-
-* Init: ``nn.Linear``'s default, W [C, D] and b [C] both ~ U(-1/sqrt(D), 1/sqrt(D)), drawn from a
-  JAX key (``torch_linear_init``).
-* Parameters are optimised as one flat vector ``concat(W.ravel(), b)``, the order in which torch's
-  ``_gather_flat_grad`` lays them out, so every dot product, max and sum sees the same vector.
-* Per ``.step`` (an outer ``lax.scan``): stop at once if ``max|g| <= tolerance_grad``; otherwise up
-  to ``max_iter`` iterations (an inner ``lax.while_loop``) of: direction, step length
-  ``t = lr`` (``min(1, 1/sum|g|) * lr`` on the very first iteration of the whole run), break before
-  moving if ``g.d > -tolerance_change``, ``params += t * d``, re-evaluate, then break on
-  ``n_iter == max_iter``, ``1 + n_iter >= max_eval`` (torch's evaluation budget: with the default
-  ``max_eval = max_iter * 5 // 4`` it only binds for ``max_iter <= 3``), ``max|g| <=
-  tolerance_grad``, ``max|t*d| <= tolerance_change`` or ``|loss - prev_loss| < tolerance_change``.
-  The direction d, step t, previous gradient, previous loss, the curvature history and the global
-  iteration count persist across steps, as in torch's optimizer state.
-* Torch skips re-evaluating the closure on the last iteration of a ``.step`` and evaluates it
-  afresh at the start of the next one, at unchanged parameters. Here the loss and gradient are
-  always evaluated right after a move and carried into the next step instead: same point, same
-  values. Under ``vmap`` the inner loop runs until every seed has broken out; seeds that are done
-  are held fixed (a batched ``while_loop`` selects their carry).
-
-The direction comes from ``optax.scale_by_lbfgs(memory_size=history, scale_init_precond=True)``:
-its two-loop recursion over a circular buffer of (s, y) pairs, with the identity scaled by
-gamma = y.s / y.y of the newest pair, is torch's recursion with ``H_diag``. Two differences are
-bridged explicitly, without a hand-written recursion:
-
-* First step. optax scales the very first direction by ``min(1, 1/||g||_2)``; torch uses d = -g
-  and puts ``min(1, 1/||g||_1)`` into t. The first global iteration therefore bypasses optax
-  (d = -g, torch's t), and the optax state starts at ``count = 1`` with an empty memory, so optax
-  never takes its own first-step branch. Invariant: ``count == 1 + accepted pairs``.
-* Curvature-pair skip. Torch stores (s = t_prev * d_prev, y = g - g_prev) only when
-  ``y.s > 1e-10`` (and only then updates ``H_diag``); optax stores every pair. Rejection is not
-  impossible here: the objective is strictly convex along every direction the iterates can take
-  (cross-entropy is flat only along b + c*1, which gradients never point to), but the threshold is
-  absolute, so near the optimum, once ``|s|^2`` times the curvature drops under 1e-10, torch does
-  reject pairs, which the tests observe on small problems within the reference's 400 iterations.
-  Faithful handling: an accepted pair is fed to optax as is (``params`` = s against a zero
-  anchor, so optax's ``params - state.params`` is torch's s bit for bit, and ``state.updates`` =
-  g_prev so its y is torch's); a rejected pair leaves the optax state frozen (selected back),
-  and the direction is taken from a call that re-feeds the newest accepted pair into its own slot
-  with ``count - 1``, which reproduces the old memory, its order and the old gamma (the re-fed y is
-  g - (g - y_last), equal to y_last up to one rounding, so that direction matches torch to rounding,
-  not bit for bit). With no accepted pair yet torch's direction is -g (``H_diag = 1``), used as is.
-
-Numerics: all dot products are traced under ``jax.default_matmul_precision("highest")`` so that
-GPUs do not fall back to TF32 (torch's default for float32 matmuls is full precision). Results
-match torch to rounding only (XLA and ATen order their reductions differently): in float64 the
-tests agree to ~1e-14; in float32 rounding differences grow over the run (a 2000 x 64 x 10 problem
-ends ~1e-5 apart), and near convergence the discrete breaks (``|loss - prev_loss| < 1e-9`` is
-``loss == prev_loss`` there, ``y.s > 1e-10``) can fall either way in either implementation.
+The reference calls ``torch.optim.LBFGS(lr=1, max_iter=20, history_size=100,
+line_search_fn=None).step`` 20 times on the full set of training features, minimising the mean
+cross-entropy plus ``1e-3 * sum(W**2)``. ``fit_linear_probe`` reproduces that run step for step
+(torch's first step, breaks and curvature-pair skipping on top of optax's L-BFGS) as one
+jittable function that vmaps over seeds (``fit_probes``). See docs/mkdt.md#evaluation.
 """
 
 from __future__ import annotations
@@ -107,6 +58,55 @@ def fit_linear_probe(features, labels, key, *, num_classes: int, steps: int = 20
     ``torch.optim.LBFGS``'s (``max_eval=None`` means torch's ``max_iter * 5 // 4``) and must be
     static under ``jit``. Pure and jit/vmap-friendly. Returns ``(W [C, D], b [C], loss)`` with
     ``loss`` the objective at the returned parameters.
+
+    * Init: ``nn.Linear``'s default, W [C, D] and b [C] both ~ U(-1/sqrt(D), 1/sqrt(D)), drawn from a
+      JAX key (``torch_linear_init``).
+    * Parameters are optimised as one flat vector ``concat(W.ravel(), b)``, the order in which torch's
+      ``_gather_flat_grad`` lays them out, so every dot product, max and sum sees the same vector.
+    * Per ``.step`` (an outer ``lax.scan``): stop at once if ``max|g| <= tolerance_grad``; otherwise up
+      to ``max_iter`` iterations (an inner ``lax.while_loop``) of: direction, step length
+      ``t = lr`` (``min(1, 1/sum|g|) * lr`` on the very first iteration of the whole run), break before
+      moving if ``g.d > -tolerance_change``, ``params += t * d``, re-evaluate, then break on
+      ``n_iter == max_iter``, ``1 + n_iter >= max_eval`` (torch's evaluation budget: with the default
+      ``max_eval = max_iter * 5 // 4`` it only binds for ``max_iter <= 3``), ``max|g| <=
+      tolerance_grad``, ``max|t*d| <= tolerance_change`` or ``|loss - prev_loss| < tolerance_change``.
+      The direction d, step t, previous gradient, previous loss, the curvature history and the global
+      iteration count persist across steps, as in torch's optimizer state.
+    * Torch skips re-evaluating the closure on the last iteration of a ``.step`` and evaluates it
+      afresh at the start of the next one, at unchanged parameters. Here the loss and gradient are
+      always evaluated right after a move and carried into the next step instead: same point, same
+      values. Under ``vmap`` the inner loop runs until every seed has broken out; seeds that are done
+      are held fixed (a batched ``while_loop`` selects their carry).
+
+    The direction comes from ``optax.scale_by_lbfgs(memory_size=history, scale_init_precond=True)``:
+    its two-loop recursion over a circular buffer of (s, y) pairs, with the identity scaled by
+    gamma = y.s / y.y of the newest pair, is torch's recursion with ``H_diag``. Two differences are
+    bridged explicitly, without a hand-written recursion:
+
+    * First step. optax scales the very first direction by ``min(1, 1/||g||_2)``; torch uses d = -g
+      and puts ``min(1, 1/||g||_1)`` into t. The first global iteration therefore bypasses optax
+      (d = -g, torch's t), and the optax state starts at ``count = 1`` with an empty memory, so optax
+      never takes its own first-step branch. Invariant: ``count == 1 + accepted pairs``.
+    * Curvature-pair skip. Torch stores (s = t_prev * d_prev, y = g - g_prev) only when
+      ``y.s > 1e-10`` (and only then updates ``H_diag``); optax stores every pair. Rejection is not
+      impossible here: the objective is strictly convex along every direction the iterates can take
+      (cross-entropy is flat only along b + c*1, which gradients never point to), but the threshold is
+      absolute, so near the optimum, once ``|s|^2`` times the curvature drops under 1e-10, torch does
+      reject pairs, which the tests observe on small problems within the reference's 400 iterations.
+      Faithful handling: an accepted pair is fed to optax as is (``params`` = s against a zero
+      anchor, so optax's ``params - state.params`` is torch's s bit for bit, and ``state.updates`` =
+      g_prev so its y is torch's); a rejected pair leaves the optax state frozen (selected back),
+      and the direction is taken from a call that re-feeds the newest accepted pair into its own slot
+      with ``count - 1``, which reproduces the old memory, its order and the old gamma (the re-fed y is
+      g - (g - y_last), equal to y_last up to one rounding, so that direction matches torch to rounding,
+      not bit for bit). With no accepted pair yet torch's direction is -g (``H_diag = 1``), used as is.
+
+    Numerics: all dot products are traced under ``jax.default_matmul_precision("highest")`` so that
+    GPUs do not fall back to TF32 (torch's default for float32 matmuls is full precision). Results
+    match torch to rounding only (XLA and ATen order their reductions differently): in float64 the
+    tests agree to ~1e-14; in float32 rounding differences grow over the run (a 2000 x 64 x 10 problem
+    ends ~1e-5 apart), and near convergence the discrete breaks (``|loss - prev_loss| < 1e-9`` is
+    ``loss == prev_loss`` there, ``y.s > 1e-10``) can fall either way in either implementation.
     """
     if max_eval is None:
         max_eval = max_iter * 5 // 4

@@ -1,22 +1,11 @@
 """Trajectory matching (MTT, as MKDT uses it) as pure functions of pytrees.
 
-``unroll`` trains a student from an expert's checkpoint ``θ_s`` for N plain-SGD steps on
-synthetic minibatches with the learnable scalar step size, as a ``lax.scan`` whose body is
-``jax.checkpoint``-ed (memory grows with the parameters per step, not with activations).
-``match_loss`` is MTT's normalised distance ‖θ_N − θ*_{s+M}‖² / ‖θ_s − θ*_{s+M}‖² over all
-parameters. ``make_outer_step`` differentiates that through the unroll (second order, no
-truncation) with respect to the synthetic images, their targets and the step size, and applies
-the outer optimiser.
-
-Synthetic minibatches have the reference's sizes (the remainder chunk of a permutation comes
-first and is smaller), so every step's batch is padded to ``batch_syn`` with a 0/1 mask and the
-inner loss is the mean over the real members only. Padding is exact for students without
-cross-sample statistics (instance norm, no norm); BatchNorm students are refused upstream.
-
-The naive MTT-SSL baseline (MKDT's Appendix F) reuses all of this with another inner loss:
-``masked_barlow_twins`` with the experts' two-view augmentation as the ``augment`` hook, so each
-inner step trains on two fresh DSA views of its minibatch (keys ``fold_in(aug_key, s)``, as for
-classic MTT's DSA) and the meta-gradient flows through the augmentation to the images.
+``unroll`` trains a student from an expert's ``θ_s`` for N plain-SGD steps at the learnable lr
+(a ``lax.scan`` with a ``jax.checkpoint``-ed body); ``match_loss`` is the normalised distance
+‖θ_N − θ*‖² / ‖θ_s − θ*‖²; ``make_outer_step`` differentiates it through the whole unroll with
+respect to the images, targets and lr. Minibatches are padded to ``batch_syn`` with a 0/1 mask
+(exact without cross-sample statistics). The inner losses of the three modes are here; MTT-SSL
+passes its two-view augmentation as the ``augment`` hook. See docs/mkdt.md#trajectory-matching.
 """
 
 from __future__ import annotations

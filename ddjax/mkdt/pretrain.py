@@ -1,22 +1,11 @@
 """MKDT's evaluation encoders: pre-train fresh networks on a set, then read their frozen features.
 
-Pre-training (mkdt.md §5.1): a fresh encoder regresses the set's targets (learned targets of a
-distilled set, teacher representations of a real subset) by MSE, mean over batch x dims, with
-PyTorch SGD (momentum 0.9, weight decay 1e-4, constant lr), batches of 256 from a fresh shuffle
-every epoch with the last partial batch kept, 20 epochs, no augmentation. Several seeds train
-at once in one vmapped program (``ddjax.mkdt.experts.make_epoch_fn``). Sets of the naive MTT-SSL
-baseline have no targets: they pre-train with their experts' objective (Barlow Twins on two DSA
-views), the natural reading of MKDT's Appendix F, which has no code.
-
-Seed ``s`` initialises its encoder from ``fold_in(key(s), 0)`` and orders its data from
-``fold_in(key(s), 1)`` (views of MTT-SSL sets from ``fold_in(key(s), 3)``, then epoch and
-step); every pre-training set shares these keys, so rows of a results table
-differ only in their data (the reference seeds its encoders from the clock, mkdt.md §10.19).
-
-Features (§5.2): the flattened trunk output, raw. BatchNorm networks (ResNet-10/18) give test
-features in eval mode; their train features come, as in the reference's ``le_run``, from train
-mode over consecutive batches of 256 that also update the running statistics the test features
-then use (``train_mode=True``); ``train_mode=False`` reads both in eval mode.
+Every seed pre-trains its own encoder (all seeds in one vmapped program, ``make_student_epoch``)
+by MSE to the set's targets, or with its experts' objective for sets without targets (MTT-SSL).
+Seed ``s`` draws its initialisation, data order and views from ``fold_in(key(s), purpose)``, so
+the rows of a results table differ only in their data. Features are the raw flattened trunk
+output; BatchNorm networks compute train features in train mode, as the reference's ``le_run``.
+See docs/mkdt.md#evaluation.
 """
 
 from __future__ import annotations
@@ -28,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddjax.mkdt.experts import epoch_permutations, make_epoch_fn, mse_loss_fn, torch_sgd
+from ddjax.mkdt.experts import epoch_permutations, make_student_epoch, mse_loss_fn, torch_sgd
 from ddjax.models.registry import dummy_input
 from ddjax.runlog import progress
 
@@ -55,13 +44,13 @@ def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, orde
              desc: str | None = None) -> tuple[dict, dict, np.ndarray]:
     """Train every seed's encoder ``epochs`` epochs on ``(images, targets)``; returns the
     parameters, model states and each seed's last-epoch mean loss ``[S]``. ``objective`` is a
-    ``(loss_fn, augment)`` pair for ``make_epoch_fn`` (MTT-SSL sets: Barlow Twins on two views,
+    ``(loss_fn, augment)`` pair for ``make_student_epoch`` (MTT-SSL sets: Barlow Twins on two views,
     drawn from ``aug_keys [S]``); None is MKDT's MSE without augmentation. The arrays of
     ``params`` and ``state`` are donated to the training program: do not read them afterwards."""
     optimizer = torch_sgd(lr, momentum, weight_decay)
     n = len(images)
     loss_fn, augment = objective or (mse_loss_fn(model.apply), None)
-    epoch_fn = make_epoch_fn(loss_fn, optimizer, min(batch_size, n), augment)
+    epoch_fn = make_student_epoch(loss_fn, optimizer, min(batch_size, n), augment)
     opt_state = jax.vmap(optimizer.init)(params)
     images, targets = jnp.asarray(images, jnp.float32), jnp.asarray(targets, jnp.float32)
     loss = np.full(order_keys.shape[0], np.nan)

@@ -1,75 +1,57 @@
-"""``ddjax represent``: the teacher's representations of the whole train split (MKDT's targets).
-
-As MKDT's ``get_target_rep.py`` (mkdt.md §1-§2): the teacher in eval mode (BatchNorm running
-statistics), no augmentation, the dataset's normalisation constants, every train image once in
-the stored order, the raw output kept (no normalisation or centring). Row ``i`` belongs to train
-image ``i`` of ``load_split(config.data, 'train')``: the whole split, or the fixed subset that
-``data.train_subset`` selects for small runs (the same rows every later stage loads).
-
-Writes ``<workdir>/represent/representations`` (``save_pytree`` of ``{"representations": float32
-[N, D]}``, what ``ddjax experts`` reads) and ``provenance.json`` (teacher digest, dataset, split,
-normalisation, N, D). A rerun with the same teacher and data is a no-op; a different teacher or
-dataset is refused rather than overwriting the artifact.
+"""``ddjax represent``: the teacher's representations of the train split, MKDT's regression
+targets. Row ``i`` belongs to train image ``i`` of ``load_split(config.data, 'train')`` (the whole
+split, or the fixed subset of ``data.train_subset``), computed in eval mode without augmentation
+as the reference's ``get_target_rep.py`` does. A rerun with the same teacher and data does
+nothing; another teacher or dataset is refused. See docs/mkdt.md#representations.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ddjax.checkpoint import save_pytree
+from ddjax.artifacts.representations import REPRESENTATIONS, write_representations
+from ddjax.artifacts.teacher import TEACHER, artifact_dir, load_teacher
 from ddjax.data.pipeline import dataset_spec, load_split
 from ddjax.errors import DdjaxError
 from ddjax.runlog import print_summary
-from ddjax.artifacts.teacher import encode_images, load_teacher, read_meta
+from ddjax.ssl.encode import encode_images
+from ddjax.workdir import Stage
 
 READS = ("data", "represent")
-REPRESENTATIONS_KEY = "representations"  # the key and file name ddjax.mkdt.experts_stage reads
-PROVENANCE = "provenance.json"
 SPLIT = "train"
-# Provenance fields that identify the artifact: a rerun that differs in any of them is refused.
-IDENTITY = ("teacher_sha256", "dataset", "split", "train_subset", "normalisation")
 
 
-def teacher_directory(stage) -> Path:
+def teacher_directory(stage: Stage) -> Path:
+    """The teacher artifact: ``represent.teacher`` (an artifact or a teacher stage directory),
+    else this workdir's."""
     configured = stage.config.represent.teacher
-    return Path(configured).absolute() if configured else stage.sibling("teacher")
+    return artifact_dir(configured) if configured else TEACHER.locate(stage.workdir)
 
 
-def _summary(stage, provenance: dict) -> dict:
-    return print_summary("represent", stage.workdir,
-                         {"representations": stage.directory / REPRESENTATIONS_KEY,
-                          "provenance": stage.directory / PROVENANCE},
-                         teacher_sha256=provenance["teacher_sha256"], dataset=provenance["dataset"],
-                         n=provenance["n"], d=provenance["d"])
+def _summary(stage: Stage, directory: Path, meta: dict) -> dict:
+    return print_summary("represent", stage.workdir, {"representations": directory},
+                         teacher_sha256=meta["teacher_sha256"], dataset=meta["dataset"],
+                         n=meta["n"], d=meta["d"])
 
 
-def run(stage) -> dict:
+def run(stage: Stage) -> dict:
     cfg = stage.config
     teacher_dir = teacher_directory(stage)
-    teacher_meta = read_meta(teacher_dir)  # clear error when there is no teacher artifact
+    teacher_meta = TEACHER.read_meta(teacher_dir)  # one line naming `ddjax teacher` when missing
     spec = dataset_spec(cfg.data)
     identity = {"teacher_sha256": teacher_meta["sha256"], "dataset": spec.name, "split": SPLIT,
                 "train_subset": int(cfg.data.get("train_subset", 0)),
                 "normalisation": {"mean": list(spec.mean), "std": list(spec.std)}}
-    out, provenance_path = stage.directory / REPRESENTATIONS_KEY, stage.directory / PROVENANCE
-    if out.exists():
-        if not provenance_path.exists():
-            raise DdjaxError(f"{out} exists without {PROVENANCE}; remove it (or use another "
-                             "--workdir) and rerun")
-        recorded = json.loads(provenance_path.read_text())
-        changed = [k for k in IDENTITY if recorded.get(k) != identity[k]]
-        if changed:
-            raise DdjaxError(f"{out} was computed with a different {', '.join(changed)} "
-                             f"(teacher {str(recorded.get('teacher_sha256'))[:12]}..., now "
-                             f"{identity['teacher_sha256'][:12]}...); it is not overwritten: use "
-                             "a new --workdir or remove it")
-        return _summary(stage, recorded)
+    out = REPRESENTATIONS.locate(stage.workdir)
+    if REPRESENTATIONS.is_complete(out):
+        meta = REPRESENTATIONS.read_meta(out)
+        REPRESENTATIONS.check(meta, identity, out)
+        return _summary(stage, out, meta)
 
+    stage.metrics.rewind(-1)  # a run stopped before the artifact was complete starts over
     model, variables, _ = load_teacher(teacher_dir)
     images, _ = load_split(cfg.data, SPLIT)
     if list(images.shape[1:3]) != list(teacher_meta["image_size"]):
@@ -80,19 +62,10 @@ def run(stage) -> dict:
     if not np.isfinite(reps).all():
         raise DdjaxError("the teacher produced non-finite representations; check the teacher "
                          "artifact")
-    provenance = dict(identity, teacher=str(teacher_dir), teacher_model=teacher_meta["model"],
-                      teacher_method=teacher_meta.get("method"), n=int(reps.shape[0]),
-                      d=int(reps.shape[1]), dtype="float32",
-                      representations_sha256=hashlib.sha256(reps.tobytes()).hexdigest())
-    # provenance.json goes in first and the array last, so `representations` existing means done.
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_provenance = provenance_path.with_suffix(".json.tmp")
-    if tmp_out.exists():
-        shutil.rmtree(tmp_out)
-    save_pytree(tmp_out, {REPRESENTATIONS_KEY: reps})
-    tmp_provenance.write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-    tmp_provenance.replace(provenance_path)
-    tmp_out.rename(out)
-    stage.metrics.write(0, n=provenance["n"], d=provenance["d"], mean=float(reps.mean()),
-                        std=float(reps.std()))
-    return _summary(stage, provenance)
+    meta = dict(identity, teacher=str(teacher_dir), teacher_model=teacher_meta["model"],
+                teacher_method=teacher_meta.get("method"), n=int(reps.shape[0]),
+                d=int(reps.shape[1]), dtype="float32",
+                representations_sha256=hashlib.sha256(reps.tobytes()).hexdigest())
+    stage.metrics.write(0, n=meta["n"], d=meta["d"], mean=float(reps.mean()), std=float(reps.std()))
+    meta = write_representations(out, reps, meta)
+    return _summary(stage, out, meta)

@@ -2,12 +2,9 @@
 
 One numpy ``Generator`` drives everything; its state and the samplers' positions go into the run
 checkpoint, so a resumed run draws exactly what an uninterrupted one would have drawn.
-
-- ``ExpertCycle``: experts are visited in a random order, reshuffled after each full pass
-  (mkdt.md §4.5; not the single-expert bug of the cleaned repo, §10.12).
-- ``SyntheticBatches``: a permutation of the synthetic set split into chunks of ``batch_syn``;
-  chunks are taken from the end, so the smaller remainder chunk comes first; a new permutation
-  starts only when the chunks run out, across outer iterations (§10.8).
+``ExpertCycle`` visits every expert once per pass in a fresh random order; ``SyntheticBatches``
+cuts permutations of the synthetic set into chunks taken from the end (the smaller remainder
+first), starting a new permutation only when they run out. See docs/mkdt.md#trajectory-matching.
 """
 
 from __future__ import annotations

@@ -1,32 +1,29 @@
 """``ddjax select high-loss`` / ``ddjax select random``: the real subsets MKDT starts from.
 
-High-loss (mkdt.md §4.2): every example's KD loss (MSE averaged over the representation dims)
-under each expert's epoch-1 parameters, averaged over the experts, sorted in decreasing order
-(ties keep dataset order); the top p% are the initial synthetic set, so a smaller percentage is a
+High-loss: every example's KD loss under each expert's epoch-1 parameters, averaged over the
+experts; the top p% by decreasing score (ties keep dataset order), so a smaller selection is a
 prefix of a larger one. Random: a seeded uniform subset of each size, the baseline.
-
-Outputs in ``<workdir>/select/``: ``high_loss_<p>pct.npy`` / ``random_<p>pct.npy`` (int64
-indices into the train split), ``high_loss_scores.npy`` (the averaged loss of every example) and
-``selection.json`` describing them.
+See docs/mkdt.md#high-loss-selection.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
-from ddjax.data.pipeline import load_split
+from ddjax.artifacts.selection import SELECTION, write_selection
+from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
+from ddjax.data.pipeline import dataset_spec, load_split
 from ddjax.data.subsets import random_subset
 from ddjax.errors import DdjaxError
-from ddjax.mkdt.student import load_targets, student_inputs, student_model
-from ddjax.artifacts.trajectories import TrajectoryStore
+from ddjax.mkdt import objectives
 from ddjax.mkdt.experts import per_example_mse
+from ddjax.mkdt.student import load_representations, student_inputs, student_model
 from ddjax.runlog import print_summary, progress
 from ddjax.workdir import Stage
 
-READS = ("seed", "data", "model", "experts", "select")
+# Both commands share the stage directory, so they declare the union of what they read (see
+# the report on per-command READS): random reads only seed, data and select.percents.
+READS = ("seed", "data", "model", "experts.representations", "experts.zca", "select")
 
 
 def subset_size(num_examples: int, percent: float) -> int:
@@ -43,38 +40,24 @@ def high_loss_order(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(scores), kind="stable")
 
 
-def _save_indices(path: Path, indices: np.ndarray) -> None:
-    """Write once; an existing file must hold the same indices (nothing is silently replaced)."""
-    indices = np.asarray(indices, np.int64)
-    if path.exists():
-        if not np.array_equal(np.load(path), indices):
-            raise DdjaxError(f"{path} exists with a different selection; move it away or use a new --workdir")
-        return
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, indices)
-    tmp.replace(path)
-
-
-def _record(stage: Stage, entry: dict) -> None:
-    path = stage.directory / "selection.json"
-    record = json.loads(path.read_text()) if path.exists() else {}
-    record.update(entry)
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+def _identity(cfg, method: str, percent: float, dataset: str) -> dict:
+    return {"method": method, "percent": percent, "dataset": dataset,
+            "train_subset": int(cfg.data.get("train_subset", 0))}
 
 
 def run_high_loss(stage: Stage) -> dict:
     cfg = stage.config
-    store = TrajectoryStore.open(stage.sibling("experts") / "trajectories")
-    if store.meta["loss"] != "mse":
+    store = TrajectoryStore.open(TRAJECTORIES.locate(stage.workdir))
+    if objectives.by_expert_loss(store.meta["loss"]).targets != "representations":
         raise DdjaxError(f"high-loss selection scores KD (mse) experts; the store at {store.root} holds "
                          f"{store.meta['loss']!r} experts")
     experts = store.complete_experts()
     if not experts:
         raise DdjaxError(f"no complete expert in {store.root}; run `ddjax experts` first")
-    images, labels, spec, _ = student_inputs(stage)
+    images, labels, spec, _ = student_inputs(cfg, stage.workdir)
     store.check_compatible({"dataset": spec.name, "model": cfg.model.name})
-    targets, num_outputs = load_targets(stage, labels)
-    model = student_model(cfg, num_outputs, images.shape[1:3])
+    targets = load_representations(cfg, stage.workdir, spec, len(labels))
+    model = student_model(cfg, targets.shape[1], images.shape[1:3])
     scores_fn = per_example_mse(model.apply)
     total = np.zeros(images.shape[0], np.float64)
     for e in progress(experts, desc="scoring"):
@@ -84,12 +67,11 @@ def run_high_loss(stage: Stage) -> dict:
     order = high_loss_order(scores)
     artifacts = {}
     for percent in cfg.select.percents:
-        path = stage.directory / f"high_loss_{percent:g}pct.npy"
-        _save_indices(path, order[:subset_size(len(order), percent)])
-        artifacts[f"high_loss_{percent:g}pct"] = path
-    np.save(stage.directory / "high_loss_scores.npy", scores)
-    _record(stage, {"high_loss": {"experts": experts, "epoch": cfg.select.epoch,
-                                  "percents": list(cfg.select.percents)}})
+        directory = SELECTION.locate(stage.workdir, method="high_loss", percent=percent)
+        meta = dict(_identity(cfg, "high_loss", percent, spec.name), epoch=cfg.select.epoch,
+                    experts=experts)
+        write_selection(directory, order[:subset_size(len(order), percent)], meta, scores=scores)
+        artifacts[directory.name] = directory
     return print_summary("select", stage.workdir, artifacts, method="high-loss", experts=len(experts),
                          mean_score=float(scores.mean()), top_score=float(scores[order[0]]))
 
@@ -97,10 +79,12 @@ def run_high_loss(stage: Stage) -> dict:
 def run_random(stage: Stage) -> dict:
     cfg = stage.config
     _, labels = load_split(cfg.data, "train")
+    dataset = dataset_spec(cfg.data).name
     artifacts = {}
     for percent in cfg.select.percents:
-        path = stage.directory / f"random_{percent:g}pct.npy"
-        _save_indices(path, random_subset(len(labels), subset_size(len(labels), percent), cfg.seed))
-        artifacts[f"random_{percent:g}pct"] = path
-    _record(stage, {"random": {"seed": cfg.seed, "percents": list(cfg.select.percents)}})
+        directory = SELECTION.locate(stage.workdir, method="random", percent=percent)
+        indices = random_subset(len(labels), subset_size(len(labels), percent), cfg.seed)
+        write_selection(directory, indices, dict(_identity(cfg, "random", percent, dataset),
+                                                 seed=cfg.seed))
+        artifacts[directory.name] = directory
     return print_summary("select", stage.workdir, artifacts, method="random")

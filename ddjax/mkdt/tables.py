@@ -1,6 +1,7 @@
-"""The result tables of ``ddjax eval mkdt``, shaped like the paper's (mkdt.md §7.2): one table per
-label fraction, rows = pre-training set, columns = downstream dataset; cells are linear-probe
-test top-1 in %, mean ± population std over seeds (``np.std``, as the reference reports).
+"""The result tables of ``ddjax eval mkdt``, shaped like the paper's: one table per label
+fraction, rows = pre-training set, columns = downstream dataset; cells are linear-probe test
+top-1 in %, mean ± population std over seeds (``np.std``, as the reference reports).
+See docs/mkdt.md#evaluation.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""`ddjax distill mkdt` on a tiny archive: resume equals an uninterrupted run, artifacts are
-complete, and bad inputs are one-line errors that leave earlier outputs alone."""
+"""`ddjax distill mkdt` on a tiny archive: resume equals an uninterrupted run (sets and metrics),
+partial sets are redone and other runs' sets refused, and bad inputs are one-line errors that
+leave earlier outputs alone."""
 
 import json
 import shutil
@@ -9,8 +10,23 @@ import numpy as np
 import pytest
 
 import ddjax.mkdt.distill_stage as mkdt_stage
-from ddjax.checkpoint import load_pytree
-from ddjax.artifacts.synset import read_synset
+from ddjax.artifacts.base import ARRAYS, MARKER
+from ddjax.artifacts.representations import REPRESENTATIONS, read_representations
+from ddjax.artifacts.selection import SELECTION, read_selection
+from ddjax.artifacts.synset import SYNSET, read_synset
+
+
+def _synset(workdir, iteration):
+    return read_synset(SYNSET.locate(workdir, iteration=iteration))
+
+
+def _indices(workdir, method="high_loss"):
+    return read_selection(SELECTION.locate(workdir, method=method, percent=50))[0]
+
+
+def _metrics(workdir):
+    return [{k: v for k, v in json.loads(line).items() if k != "time"}
+            for line in (workdir / "distill" / "metrics.jsonl").read_text().splitlines()]
 
 
 def _prepare(toy, workdir):
@@ -34,9 +50,10 @@ def _copy_inputs(base, workdir):
 def test_distill_resume_equals_uninterrupted_and_writes_artifacts(prepared, tmp_path, monkeypatch):
     toy, base = prepared
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    every2 = ["distill.checkpoint_every=2"]  # the killed run redoes iteration 3 from checkpoint 2
     for workdir in (straight, resumed):
         _copy_inputs(base, workdir)
-    code, out, err = toy.cli(["distill", "mkdt"], straight)
+    code, out, err = toy.cli(["distill", "mkdt"], straight, every2)
     assert code == 0, err
     summary = toy.summary(out)
     assert summary["iterations"] == 4 and summary["num_syn"] == 18
@@ -48,7 +65,7 @@ def test_distill_resume_equals_uninterrupted_and_writes_artifacts(prepared, tmp_
 
         def wrapped(*a):
             calls.append(1)
-            if len(calls) == 3:
+            if len(calls) == 4:
                 raise KeyboardInterrupt("simulated kill")
             return step(*a)
 
@@ -56,26 +73,48 @@ def test_distill_resume_equals_uninterrupted_and_writes_artifacts(prepared, tmp_
 
     monkeypatch.setattr(mkdt_stage, "make_outer_step", failing)
     with pytest.raises(KeyboardInterrupt):
-        toy.cli(["distill", "mkdt"], resumed)
+        toy.cli(["distill", "mkdt"], resumed, every2)
+    assert [m["step"] for m in _metrics(resumed)] == [1, 2, 3]  # 3 is after the last checkpoint
     monkeypatch.setattr(mkdt_stage, "make_outer_step", real)
-    code, _, err = toy.cli(["distill", "mkdt"], resumed)
+    code, _, err = toy.cli(["distill", "mkdt"], resumed, every2)
     assert code == 0, err
 
     for k in (0, 2, 4):
-        a, meta_a = read_synset(straight / "distill" / "synsets" / f"iter_{k:06d}")
-        b, meta_b = read_synset(resumed / "distill" / "synsets" / f"iter_{k:06d}")
+        a, meta_a = _synset(straight, k)
+        b, meta_b = _synset(resumed, k)
         chex.assert_trees_all_equal(a, b)
-        assert meta_a["iteration"] == k and (straight / "distill" / "synsets" / f"iter_{k:06d}" / "grid.png").exists()
-    first, _ = read_synset(straight / "distill" / "synsets" / "iter_000000")
-    last, meta = read_synset(straight / "distill" / "synsets" / "iter_000004")
+        assert meta_a["iteration"] == k and (SYNSET.locate(straight, iteration=k) / "grid.png").exists()
+    first, _ = _synset(straight, 0)
+    last, meta = _synset(straight, 4)
     assert not np.allclose(first["images"], last["images"]) and float(last["lr"]) != pytest.approx(0.1)
     # The initial set is the high-loss subset: its images and its teacher representations.
-    indices = np.load(straight / "select" / "high_loss_50pct.npy")
+    indices = _indices(straight)
     assert meta["init_indices"] == indices.tolist()
-    reps = load_pytree(straight / "represent" / "representations")["representations"]
+    reps, _ = read_representations(REPRESENTATIONS.locate(straight))
     np.testing.assert_array_equal(first["targets"], reps[indices])
-    lines = [json.loads(x) for x in (straight / "distill" / "metrics.jsonl").read_text().splitlines()]
+    lines = _metrics(straight)
     assert [x["step"] for x in lines] == [1, 2, 3, 4] and all(np.isfinite(x["loss"]) for x in lines)
+    # The resumed run's metrics: each step once, with the uninterrupted run's values.
+    assert _metrics(resumed) == lines
+
+    # The last set lost its arrays and marker (a write killed after its checkpoint): it is not
+    # complete, the latest complete set is the one before, and a rerun redoes it.
+    final = SYNSET.locate(straight, iteration=4)
+    shutil.rmtree(final / ARRAYS)
+    (final / MARKER).unlink()
+    assert (final / "meta.json").exists() and not SYNSET.is_complete(final)
+    assert SYNSET.complete_under(final.parent)[-1].name == "iter_000002"
+    code, _, err = toy.cli(["distill", "mkdt"], straight, every2)
+    assert code == 0, err
+    chex.assert_trees_all_equal(_synset(straight, 4)[0], last)
+
+    # Sets made from another initial subset are not taken for this run's: one line naming init.
+    other = tmp_path / "other"
+    _copy_inputs(base, other)
+    shutil.copytree(straight / "distill" / "synsets", other / "distill" / "synsets")
+    code, _, err = toy.cli(["distill", "mkdt"], other, ["distill.init=random"])
+    last_line = err.strip().splitlines()[-1]
+    assert code == 2 and "made differently" in last_line and "init:" in last_line
 
 
 def test_bad_inputs_are_clear_and_keep_outputs(prepared, tmp_path):
@@ -86,11 +125,17 @@ def test_bad_inputs_are_clear_and_keep_outputs(prepared, tmp_path):
     assert code == 2 and "ddjax select high-loss" in err  # nothing prepared in that workdir
     _copy_inputs(base, tmp_path / "arch")
     code, _, err = toy.cli(["distill", "mkdt"], tmp_path / "arch", ["model.name=convnet_nonorm"])
-    assert code == 2 and "does not match this run" in err
+    assert code == 2 and "made differently" in err and "model:" in err
     _copy_inputs(base, tmp_path / "blowup")
     code, _, err = toy.cli(["distill", "mkdt"], tmp_path / "blowup", ["distill.lr_lr=1e30", "distill.lr_images=1e30"])
-    assert code == 2 and "matching loss became" in err
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("ddjax: error:")
+    assert "matching loss at iteration" in last and "distill.lr_images" in last
+    # The message names the checkpoint that is kept (checkpoint_every is 1 here).
+    iteration = int(last.split("matching loss at iteration ")[1].split()[0])
+    assert (f"the checkpoint of iteration {iteration - 1} and" in last if iteration > 1
+            else "no checkpoint yet" in last)
     # The initial set written before the blow-up is still there and intact.
-    kept, _ = read_synset(tmp_path / "blowup" / "distill" / "synsets" / "iter_000000")
-    reps = load_pytree(base / "represent" / "representations")["representations"]
-    np.testing.assert_array_equal(kept["targets"], reps[np.load(base / "select" / "high_loss_50pct.npy")])
+    kept, _ = _synset(tmp_path / "blowup", 0)
+    reps, _ = read_representations(REPRESENTATIONS.locate(base))
+    np.testing.assert_array_equal(kept["targets"], reps[_indices(base)])

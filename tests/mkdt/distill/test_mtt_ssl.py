@@ -13,8 +13,11 @@ import pytest
 from ddjax.mkdt.dsa import DsaParams, dsa_augment
 from ddjax.mkdt.mtt import make_meta_loss, masked_barlow_twins
 from ddjax.mkdt.sampling import SyntheticBatches
-from ddjax.artifacts.synset import read_synset
-from ddjax.artifacts.trajectories import TrajectoryStore
+from ddjax.artifacts.base import META
+from ddjax.artifacts.results import MKDT_ENCODERS
+from ddjax.artifacts.selection import SELECTION, read_selection
+from ddjax.artifacts.synset import SYNSET, read_synset
+from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
 from ddjax.mkdt.experts import two_views
 from ddjax.models import build_model
 from ddjax.models.registry import dummy_input
@@ -94,7 +97,7 @@ def test_barlow_twins_experts_then_mtt_ssl_distillation(toy_pipeline, tmp_path):
     toy, work = toy_pipeline, tmp_path / "ssl"
     code, out, err = toy.cli(["experts"], work, SSL)  # no teacher representations needed
     assert code == 0, err
-    store = TrajectoryStore.open(work / "experts" / "trajectories")
+    store = TrajectoryStore.open(TRAJECTORIES.locate(work))
     assert store.meta["loss"] == "barlow_twins" and store.meta["num_outputs"] == 8
     assert store.meta["ssl"] == {"method": "barlow_twins", "lambda": 0.0051, "views": "dsa",
                                  "dsa_strategy": "flip_crop", "dsa_mode": "M"}
@@ -108,12 +111,12 @@ def test_barlow_twins_experts_then_mtt_ssl_distillation(toy_pipeline, tmp_path):
     assert code == 0, err
     summary = toy.summary(out)
     assert summary["mode"] == "mtt_ssl" and summary["iterations"] == 2 and summary["num_syn"] == 18
-    first, _ = read_synset(work / "distill" / "synsets" / "iter_000000")
-    last, meta = read_synset(work / "distill" / "synsets" / "iter_000002")
+    first, _ = read_synset(SYNSET.locate(work, iteration=0))
+    last, meta = read_synset(SYNSET.locate(work, iteration=2))
     assert meta["mode"] == "mtt_ssl" and meta["ssl"] == store.meta["ssl"]
     assert not np.allclose(first["images"], last["images"]) and float(last["lr"]) != pytest.approx(0.1)
     # No learned targets: the saved set keeps the labels of the real images it started from.
-    indices = np.load(work / "select" / "random_50pct.npy")
+    indices, _ = read_selection(SELECTION.locate(work, method="random", percent=50))
     assert meta["init_indices"] == indices.tolist() and last["targets"].shape == (18,)
     lines = [json.loads(x) for x in (work / "distill" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(np.isfinite(x["loss"]) and x["image_change"] > 0 for x in lines)
@@ -125,7 +128,7 @@ def test_barlow_twins_experts_then_mtt_ssl_distillation(toy_pipeline, tmp_path):
                       "mkdt_eval.probe_steps=2", "mkdt_eval.feature_batch=8"]
     code, _, err = toy.cli(["eval", "mkdt"], work, evaluate + ["mkdt_eval.rows=('mkdt',)"])
     assert code == 0, err
-    record = json.loads((work / "mkdt_eval" / "encoders" / "mkdt.json").read_text())
+    record = MKDT_ENCODERS.read_meta(MKDT_ENCODERS.locate(work, row="mkdt"))["pretraining"]
     assert record["objective"] == "barlow_twins" and record["lr"] == pytest.approx(float(last["lr"]))
     assert np.isfinite(record["final_loss"]).all()
     code, _, err = toy.cli(["eval", "mkdt"], tmp_path / "ssl_random", evaluate + ["mkdt_eval.rows=('random',)"])
@@ -136,7 +139,7 @@ def test_barlow_twins_experts_then_mtt_ssl_distillation(toy_pipeline, tmp_path):
         for part in ("experts", "select"):
             shutil.copytree(work / part, tmp_path / name / part)
         if store_meta is not None:
-            (tmp_path / name / "experts" / "trajectories" / "store.json").write_text(json.dumps(store_meta))
+            (TRAJECTORIES.locate(tmp_path / name) / META).write_text(json.dumps(store_meta))
         code, _, err = toy.cli(["distill", "mkdt"], tmp_path / name, overrides)
         assert code == 2
         return err.strip().splitlines()[-1]
@@ -147,7 +150,7 @@ def test_barlow_twins_experts_then_mtt_ssl_distillation(toy_pipeline, tmp_path):
     err = distill_copy("kd_store", SSL, dict(store.meta, loss="mse", ssl=None))
     assert "distill.mode='mtt_ssl' matches experts trained with experts.loss='barlow_twins'" in err
     err = distill_copy("other_lambda", SSL + ["experts.ssl_lambda=0.1"])
-    assert "trained with SSL settings" in err
+    assert "made differently" in err and "ssl:" in err
 
 
 def test_rejected_ssl_settings_are_one_line_errors(toy_pipeline, tmp_path):

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import ddjax.mkdt.eval_stage as eval_stage
-from ddjax.artifacts.synset import read_synset
+from ddjax.artifacts.results import MKDT_RESULT, read_result
+from ddjax.artifacts.selection import SELECTION, read_selection
+from ddjax.artifacts.synset import find_synset, read_synset
 from ddjax.mkdt import tables as mkdt_tables
 
 EVAL = ["mkdt_eval.downstream=('toy', 'cifar100')", "mkdt_eval.label_fractions=(0.25, 0.5)",
@@ -43,23 +45,28 @@ def test_eval_writes_every_row_and_fraction_and_resumes(distilled, monkeypatch):
             assert acc.shape == (2,) and ((0 <= acc) & (acc <= 1)).all()
             assert cell["mean"] == pytest.approx(acc.mean() * 100)
             assert cell["std"] == pytest.approx(acc.std() * 100)
-    synset, _ = read_synset(sorted((workdir / "distill" / "synsets").glob("iter_*"))[-1])
+    synset, meta = read_synset(find_synset(workdir))
+    assert meta["iteration"] == 4
     pre = report["pretraining"]
     assert pre["mkdt"]["lr"] == pytest.approx(float(synset["lr"])) and pre["random"]["lr"] == 0.1
-    assert pre["random"]["num_images"] == len(np.load(workdir / "select" / "random_50pct.npy"))
+    random50, _ = read_selection(SELECTION.locate(workdir, method="random", percent=50))
+    assert pre["random"]["num_images"] == len(random50)
     assert pre["full"]["num_images"] == toy.train_images
     assert pre["again"]["source"] == pre["mkdt"]["source"]
     tables = (workdir / "mkdt_eval" / "tables.md").read_text()
     assert "| MKDT |" in tables and "25% labels" in tables and "Skipped cifar100" in tables
-    lines = (workdir / "mkdt_eval" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == len(names)
+    steps = [json.loads(line)["step"] for line in (workdir / "mkdt_eval" / "metrics.jsonl").read_text().splitlines()]
+    assert len(set(steps)) == len(steps) == len(names)
 
     def no_pretraining(*args, **kwargs):
         raise AssertionError("a finished evaluation was recomputed")
 
     monkeypatch.setattr(eval_stage, "pretrain", no_pretraining)
-    code, out2, err = toy.cli(["eval", "mkdt"], workdir, EVAL + [extra, rows])
+    # Distillation settings eval does not read never block it.
+    code, out2, err = toy.cli(["eval", "mkdt"], workdir, EVAL + [extra, rows, "distill.iterations=7"])
     assert code == 0, err
+    recorded = json.loads((workdir / "mkdt_eval" / "config.json").read_text())
+    assert recorded["distill"] == {"percent": 50} and recorded["experts"] == {"representations": ""}
     assert json.loads((workdir / "mkdt_eval" / "results.json").read_text()) == report
 
 
@@ -67,14 +74,14 @@ def test_the_same_seeds_reproduce_the_same_result_in_another_workdir(distilled, 
     toy, workdir = distilled
     code, _, err = toy.cli(["eval", "mkdt"], workdir, EVAL + ["mkdt_eval.rows=('random',)"])
     assert code == 0, err
-    first = json.loads((workdir / "mkdt_eval" / "results" / "random__toy.json").read_text())
+    first = read_result(MKDT_RESULT, MKDT_RESULT.locate(workdir, row="random", dataset="toy"))
     again = tmp_path / "again"
     again.mkdir()
     for name in ("represent", "select"):
         (again / name).symlink_to(workdir / name, target_is_directory=True)
     code, _, err = toy.cli(["eval", "mkdt"], again, EVAL + ["mkdt_eval.rows=('random',)"])
     assert code == 0, err
-    second = json.loads((again / "mkdt_eval" / "results" / "random__toy.json").read_text())
+    second = read_result(MKDT_RESULT, MKDT_RESULT.locate(again, row="random", dataset="toy"))
     assert second["accuracy"] == first["accuracy"]
 
 

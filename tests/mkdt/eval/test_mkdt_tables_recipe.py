@@ -8,7 +8,7 @@ import pytest
 
 from ddjax.cli import build_parser
 
-RECIPE = Path(__file__).resolve().parents[2] / "experiments" / "mkdt_tables.py"
+RECIPE = Path(__file__).resolve().parents[3] / "experiments" / "mkdt_tables.py"
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from ddjax.mkdt.dsa import DsaParams, dsa_augment
-from ddjax.mkdt.experts_stage import expert_keys
-from ddjax.mkdt.experts import (epoch_permutations, make_epoch_fn, mse_loss_fn, per_example_mse,
-                                 torch_sgd)
+from ddjax.mkdt.experts import (epoch_permutations, expert_keys, make_student_epoch, mse_loss_fn,
+                                per_example_mse, torch_sgd)
 from ddjax.models import build_model
 from ddjax.models.registry import dummy_input
 
@@ -24,7 +23,7 @@ def setup():
     targets = jnp.asarray(rng.normal(size=(N, 3)).astype(np.float32))
     init = jax.vmap(lambda k: model.init(k, dummy_input((8, 8)))["params"])
     optimizer = torch_sgd(LR, MOMENTUM, WD)
-    epoch_fn = make_epoch_fn(mse_loss_fn(model.apply), optimizer, BATCH)
+    epoch_fn = make_student_epoch(mse_loss_fn(model.apply), optimizer, BATCH)
     return model, images, targets, init, optimizer, epoch_fn
 
 
@@ -62,7 +61,7 @@ def test_vmapped_expert_equals_the_same_expert_alone(setup, with_dsa):
     model, images, targets, init, optimizer, epoch_fn = setup
     if with_dsa:
         augment = lambda key, x: dsa_augment(key, x, DsaParams(), "flip_crop_cutout")
-        epoch_fn = make_epoch_fn(mse_loss_fn(model.apply), optimizer, BATCH, augment)
+        epoch_fn = make_student_epoch(mse_loss_fn(model.apply), optimizer, BATCH, augment)
 
     def train(experts):
         init_keys, data_keys, aug_keys = expert_keys(3, experts)
@@ -83,7 +82,7 @@ def test_vmapped_expert_equals_the_same_expert_alone(setup, with_dsa):
 def test_epoch_loss_is_the_per_example_mean(setup):
     model, images, targets, init, optimizer, _ = setup
     # With lr 0 the parameters stay put, so the epoch loss is the mean per-example MSE.
-    frozen = make_epoch_fn(mse_loss_fn(model.apply), torch_sgd(0.0, 0.0, 0.0), BATCH)
+    frozen = make_student_epoch(mse_loss_fn(model.apply), torch_sgd(0.0, 0.0, 0.0), BATCH)
     init_keys, data_keys, aug_keys = expert_keys(1, [0])
     params = init(init_keys)
     expected = per_example_mse(model.apply, batch_size=7)(jax.tree.map(lambda x: x[0], params),

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddjax.mkdt.dsa import DsaParams, dsa_augment
-from ddjax.mkdt.experts_stage import expert_keys, expert_objective, ssl_settings
-from ddjax.mkdt.experts import epoch_permutations, make_epoch_fn, torch_sgd
+from ddjax.mkdt.experts import epoch_permutations, expert_keys, make_student_epoch, torch_sgd
+from ddjax.mkdt.objectives import by_expert_loss
 from ddjax.models import build_model
 from ddjax.models.registry import dummy_input
 from ddjax.mkdt.defaults import mkdt_config
@@ -35,7 +35,8 @@ def _section(lambd=0.05):
 def test_epoch_loss_is_barlow_twins_of_two_dsa_views_with_the_step_keys():
     section = _section()
     model = build_model("convnet", num_outputs=DIM, width=4, depth=1, image_size=(8, 8))
-    loss_fn, augment = expert_objective(section, model.apply)
+    objective = by_expert_loss("barlow_twins")
+    loss_fn, augment = objective.expert_objective(model.apply, section, objective.identity(section))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(N, 8, 8, 3)).astype(np.float32))
     targets = jnp.zeros((N, 0), jnp.float32)  # Barlow Twins experts have no targets
@@ -44,7 +45,7 @@ def test_epoch_loss_is_barlow_twins_of_two_dsa_views_with_the_step_keys():
     p0 = jax.tree.map(lambda x: np.asarray(x[0]), params)  # the epoch donates its parameters
     frozen = torch_sgd(0.0, 0.0, 0.0)  # lr 0: the epoch loss is the mean of the per-step losses
     perms = epoch_permutations(data_keys, 0, N)
-    _, _, _, loss = make_epoch_fn(loss_fn, frozen, BATCH, augment)(
+    _, _, _, loss = make_student_epoch(loss_fn, frozen, BATCH, augment)(
         params, {}, jax.vmap(frozen.init)(params), images, targets, perms, aug_keys)
 
     apply = jax.jit(model.apply)
@@ -58,6 +59,6 @@ def test_epoch_loss_is_barlow_twins_of_two_dsa_views_with_the_step_keys():
         outs = [np.asarray(apply({"params": p0}, v)) for v in views]
         expected.append(numpy_barlow_twins(*outs, lambd=0.05))
     np.testing.assert_allclose(float(loss[0]), np.mean(expected), rtol=1e-5)
-    assert ssl_settings(section) == {"method": "barlow_twins", "lambda": 0.05, "views": "dsa",
+    assert objective.identity(section) == {"method": "barlow_twins", "lambda": 0.05, "views": "dsa",
                                      "dsa_strategy": STRATEGY, "dsa_mode": "M"}
 
