@@ -131,15 +131,6 @@ class RunCheckpointer:
         print(f"ddjax: checkpoint {step} in {self.directory} cannot be restored ({type(err).__name__}: "
               f"{reason}); it was moved to {aside}; {then}", file=sys.stderr, flush=True)
 
-    def restore_meta(self, step: int | None = None) -> dict | None:
-        """Only the ``meta`` of ``step`` (default: latest), to decide whether the state fits;
-        None when there is no checkpoint."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            return None
-        restored = self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(restored["meta"])
-
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()

@@ -53,7 +53,8 @@ def _backbone(args: argparse.Namespace) -> None:
 
 
 # (command words, "module:function", stage directory name, help). The module also defines
-# READS, the config fields the stage reads (sections or section.field), and optionally check_config(config), which
+# READS, the config fields the stage reads (sections or section.field; a dict by command word
+# when commands share a directory), and optionally check_config(config), which
 # rejects bad settings before they are recorded; the stage writes <workdir>/<directory>.
 STAGE_COMMANDS = (
     (("teacher",), "ddjax.ssl.teacher_stage:run", "teacher",
@@ -79,15 +80,16 @@ STAGE_COMMANDS = (
 
 def _run_stage(args: argparse.Namespace) -> None:
     from ddjax.config import load_config
-    from ddjax.workdir import open_stage, read_fields
+    from ddjax.workdir import open_stage, read_fields, stage_reads
 
     module_name, function = args.stage_target.split(":")
     module = importlib.import_module(module_name)
     command = "ddjax " + " ".join(args.stage_words)
-    config = read_fields(load_config(args.config, args.set), module.READS, f"`{command}`")
+    reads, record = stage_reads(module.READS, args.stage_words[-1])
+    config = read_fields(load_config(args.config, args.set), reads, f"`{command}`")
     if hasattr(module, "check_config"):  # refuse bad settings before they are recorded
         module.check_config(config)
-    with open_stage(args.stage_name, config, args.workdir, command) as stage:
+    with open_stage(args.stage_name, config, args.workdir, command, record) as stage:
         getattr(module, function)(stage)
 
 

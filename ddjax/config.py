@@ -89,7 +89,8 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json())
 
 
-def record_config(directory: Path, config: ml_collections.ConfigDict) -> None:
+def record_config(directory: Path, config: ml_collections.ConfigDict,
+                  name: str = CONFIG_FILE_NAME) -> None:
     """Write the resolved config into ``directory``, or check it against the one already there.
 
     A rerun in the same directory resumes, so its config must be the one the run started with;
@@ -98,7 +99,7 @@ def record_config(directory: Path, config: ml_collections.ConfigDict) -> None:
     behaviour) are accepted and added to the record.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / CONFIG_FILE_NAME
+    target = directory / name
     current = config_to_dict(config)
     if target.exists():
         previous = json.loads(target.read_text())

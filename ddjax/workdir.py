@@ -22,7 +22,7 @@ from typing import Iterator
 
 import ml_collections
 
-from ddjax.config import record_config
+from ddjax.config import CONFIG_FILE_NAME, record_config
 from ddjax.errors import DdjaxError
 from ddjax.runlog import MetricsLog
 
@@ -45,9 +45,7 @@ class Stage:
     def metrics(self) -> MetricsLog:
         return MetricsLog(self.directory, self.name)
 
-    def sibling(self, name: str) -> Path:  # TODO(architecture): replaced by artifact paths
-        return self.workdir / name
-
+    
 
 def read_fields(config: ml_collections.ConfigDict, reads: tuple[str, ...],
                 command: str = "this stage") -> ml_collections.ConfigDict:
@@ -109,13 +107,22 @@ def _holder(text: str) -> str:
 
 @contextlib.contextmanager
 def open_stage(name: str, config: ml_collections.ConfigDict, workdir: str | Path,
-               command: str) -> Iterator[Stage]:
+               command: str, record: str = CONFIG_FILE_NAME) -> Iterator[Stage]:
     """Lock ``<workdir>/<name>``, record ``config`` (the fields the stage reads, from
-    ``read_fields``) there, and yield the stage."""
+    ``read_fields``) there as ``record``, and yield the stage."""
     stage = Stage(name, config, Path(workdir).absolute())
     with directory_lock(stage.directory, command):
-        record_config(stage.directory, config)
+        record_config(stage.directory, config, record)
         yield stage
+
+
+def stage_reads(reads, command_word: str) -> tuple[tuple[str, ...], str]:
+    """``(fields, record file)`` of a command: ``READS`` is one tuple for a one-command stage, or
+    ``{word: fields}`` when several commands share a directory (``select high-loss|random``),
+    each then recording its own fields in ``config.<word>.json``."""
+    if isinstance(reads, dict):
+        return tuple(reads[command_word]), f"config.{command_word}.json"
+    return tuple(reads), CONFIG_FILE_NAME
 
 
 def due(step: int, every: int, last: int) -> bool:

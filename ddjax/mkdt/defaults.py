@@ -75,7 +75,7 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
         # Twins on two DSA views of each synthetic minibatch (no targets; experts.loss='barlow_twins')
         "mode": "mkdt",
         "init": "high_loss",            # 'high_loss' | 'random' (select outputs) | path to .npy indices
-        "percent": percent,             # which select/<init>_<percent>pct.npy
+        "percent": percent,             # which selection: select/<init>_<percent>pct
         "num_syn": 0,                   # expected synthetic set size; 0: the init file's size
         "expert_epochs": 2,             # M: match θ_{s+M}
         "batch_syn": 256,

@@ -21,9 +21,9 @@ from ddjax.mkdt.student import load_representations, student_inputs, student_mod
 from ddjax.runlog import print_summary, progress
 from ddjax.workdir import Stage
 
-# Both commands share the stage directory, so they declare the union of what they read (see
-# the report on per-command READS): random reads only seed, data and select.percents.
-READS = ("seed", "data", "model", "experts.representations", "experts.zca", "select")
+# The two commands share the directory; each records what it reads (config.<word>.json).
+READS = {"high-loss": ("seed", "data", "model", "experts.representations", "experts.zca", "select"),
+         "random": ("seed", "data", "select")}
 
 
 def subset_size(num_examples: int, percent: float) -> int:

@@ -100,8 +100,16 @@ def test_select_high_loss_follows_expert_scores(toy_pipeline, tmp_path):
                                - reps) ** 2, axis=1) for e in range(3)], axis=0)
     np.testing.assert_allclose(scores, manual, rtol=1e-4, atol=1e-6)
 
-    code, out, err = toy.cli(["select", "random"], tmp_path)
-    assert code == 0
+    # Each select command records only what it reads: the random subset does not depend on the
+    # student, so another model width does not block it, while high-loss (which scores with the
+    # student) refuses it.
+    code, out, err = toy.cli(["select", "random"], tmp_path, ["model.width=8"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "select" / "config.random.json").read_text()) == {
+        "seed": 0, "data": json.loads((tmp_path / "select" / "config.high-loss.json").read_text())["data"],
+        "select": {"epoch": 1, "percents": [10, 50]}}
+    code, _, err = toy.cli(["select", "high-loss"], tmp_path, ["model.width=8"])
+    assert code == 2 and "model.width" in err
     random10, _ = _selection(tmp_path, "random", 10)
     assert len(random10) == len(top10) and len(set(random10.tolist())) == len(random10)
 
@@ -146,7 +154,7 @@ def test_selections_are_never_silently_replaced_and_partial_ones_are_redone(toy_
 
     # Another seed's selection where this one is: refused in one line naming the field.
     other = tmp_path / "other"
-    shutil.copytree(first / "select", other / "select", ignore=shutil.ignore_patterns("config.json"))
+    shutil.copytree(first / "select", other / "select", ignore=shutil.ignore_patterns("config.*.json"))
     code, _, err = toy.cli(["select", "random"], other, ["seed=1"])
     last = err.strip().splitlines()[-1]
     assert code == 2 and "made differently" in last and "seed:" in last and err.count("\n") == 1
