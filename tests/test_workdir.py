@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import ml_collections
 import pytest
@@ -14,7 +15,7 @@ from ddjax.errors import DdjaxError
 from ddjax.runlog import MetricsLog
 from ddjax.workdir import check_finite, directory_lock, due, open_stage, read_fields
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _config():

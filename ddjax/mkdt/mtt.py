@@ -59,36 +59,58 @@ def masked_barlow_twins(apply_fn: Callable, lambd: float = BARLOW_TWINS_LAMBDA) 
     return loss
 
 
-def unroll(inner_loss: InnerLoss, params0: Params, images: jax.Array, targets: jax.Array | None,
-           lr: jax.Array, batch_idx_SB: jax.Array, mask_SB: jax.Array, *,
-           remat: bool = True, inner_dtype=None, augment: Augment | None = None,
-           aug_key: jax.Array | None = None) -> Params:
-    """``θ_N`` after ``S = len(batch_idx_SB)`` steps ``θ ← θ − lr·∇L(θ; X[idx], Y[idx])``.
+def minibatch_loss(inner_loss: InnerLoss, images: jax.Array, targets: jax.Array | None, *,
+                   augment: Augment | None = None, aug_key: jax.Array | None = None, inner_dtype=None):
+    """``loss(params, (idx, mask, s))``: the inner loss on step s's synthetic minibatch:
+    ``images[idx]`` (transformed by ``augment(fold_in(aug_key, s), x)`` when given), ``targets[idx]``
+    (None for MTT-SSL) and the 0/1 ``mask``, computed in ``inner_dtype`` (e.g. ``jnp.bfloat16``)
+    when given while the parameters stay float32; None keeps float32 throughout (the reference)."""
 
-    ``targets`` None (MTT-SSL) passes None to the inner loss.
-    ``inner_dtype`` (e.g. ``jnp.bfloat16``) computes each inner forward/backward in that dtype
-    while the parameters stay float32; None keeps float32 throughout (the reference).
-    ``augment(key, x)`` (DSA in classic MTT; the two-view pair in MTT-SSL) transforms step s's
-    minibatch with ``fold_in(aug_key, s)`` and the inner loss receives what it returns; MKDT uses none.
-    """
-    grad_fn = jax.grad(inner_loss)
-    steps = jnp.arange(batch_idx_SB.shape[0])
-
-    def step(params, batch):
-        idx, mask, s = batch
+    def loss(params, step_inputs):
+        idx, mask, s = step_inputs
         x, y = images[idx], None if targets is None else targets[idx]
         if augment is not None:
             x = augment(jax.random.fold_in(aug_key, s), x)
         if inner_dtype is None:
-            grads = grad_fn(params, x, y, mask)
-        else:
-            low = jax.tree.map(lambda p: p.astype(inner_dtype), params)
-            grads = grad_fn(low, x.astype(inner_dtype), None if y is None else y.astype(inner_dtype),
-                            mask.astype(inner_dtype))
-        return jax.tree.map(lambda p, g: p - lr * g.astype(p.dtype), params, grads), None
+            return inner_loss(params, x, y, mask)
+        low = lambda t: None if t is None else jax.tree.map(lambda a: a.astype(inner_dtype), t)
+        return inner_loss(low(params), low(x), low(y), low(mask))
 
-    params_N, _ = jax.lax.scan(jax.checkpoint(step) if remat else step, params0,
-                               (batch_idx_SB, mask_SB, steps))
+    return loss
+
+
+def inner_step(inner_loss: InnerLoss, images: jax.Array, targets: jax.Array | None, **options):
+    """``step(params, lr, (idx, mask, s))``: one student step ``θ − lr·∇L`` on step s's minibatch
+    (``options`` as ``minibatch_loss``)."""
+    grad_fn = jax.grad(minibatch_loss(inner_loss, images, targets, **options))
+
+    def step(params, lr, step_inputs):
+        grads = grad_fn(params, step_inputs)
+        return jax.tree.map(lambda p, g: p - lr * g.astype(p.dtype), params, grads)
+
+    return step
+
+
+def unroll_inputs(batch_idx_SB: jax.Array, mask_SB: jax.Array):
+    """The scanned inputs ``(idx, mask, s)`` of an unroll over ``[S, B]`` indices and mask."""
+    return batch_idx_SB, mask_SB, jnp.arange(batch_idx_SB.shape[0])
+
+
+def unroll(inner_loss: InnerLoss, params0: Params, images: jax.Array, targets: jax.Array | None,
+           lr: jax.Array, batch_idx_SB: jax.Array, mask_SB: jax.Array, *,
+           remat: bool = True, inner_dtype=None, augment: Augment | None = None,
+           aug_key: jax.Array | None = None) -> Params:
+    """``θ_N`` after ``S = len(batch_idx_SB)`` steps ``θ ← θ − lr·∇L(θ; X[idx], Y[idx])`` (see
+    ``minibatch_loss`` for the targets, ``augment`` and ``inner_dtype``), as a ``lax.scan`` whose
+    body is ``jax.checkpoint``-ed when ``remat``."""
+    step = inner_step(inner_loss, images, targets, augment=augment, aug_key=aug_key,
+                      inner_dtype=inner_dtype)
+
+    def body(params, step_inputs):
+        return step(params, lr, step_inputs), None
+
+    params_N, _ = jax.lax.scan(jax.checkpoint(body) if remat else body, params0,
+                               unroll_inputs(batch_idx_SB, mask_SB))
     return params_N
 
 

@@ -6,9 +6,9 @@ curvature λ only while ``0 < η·λ < 2``; past that the unroll expands it ever
 geometrically and the exact meta-gradient is the divergence's, not the matching loss's slope:
 users see the lr explode and NaN losses. ``top_hessian_eigenvalue`` (sharpness of one minibatch's
 inner loss), ``lr_sensitivity`` (‖dθ_n/dη‖ per step, forward mode), ``growth_rate`` and
-``diagnose`` (a one-line verdict) say so; ``minibatch_loss``, ``inner_step_fn`` and
-``unroll_inputs`` rebuild ``mtt.unroll``'s own inner loss and step. All but ``diagnose`` are pure
-and jittable (functions and ``iterations`` static).
+``diagnose`` (a one-line verdict) say so, on ``mtt.minibatch_loss`` and ``mtt.inner_step``, the
+unroll's own loss and step. All but ``diagnose`` are pure and jittable (functions and
+``iterations`` static).
 
 Cost in inner steps (one gradient on one minibatch), measured on CPU with a width-16 ConvNet,
 32-image minibatches, 10 steps: ``top_hessian_eigenvalue`` is ``iterations`` forward-over-reverse
@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from ddjax.mkdt.mtt import Augment, InnerLoss
 
 Params = Any
 StepFn = Callable[[Params, jax.Array, Any], Params]
@@ -152,42 +151,3 @@ def diagnose(lr: float, lambda_start: float, lambda_end: float, growth: float,
         return True, None
     return False, (f"inner gradient descent is unstable ({' and '.join(reasons)}: {numbers}), so the "
                    f"exact meta-gradient is dominated by the divergence; {fix}")
-
-
-def minibatch_loss(inner_loss: InnerLoss, images: jax.Array, targets: jax.Array | None, *,
-                   augment: Augment | None = None, aug_key: jax.Array | None = None, inner_dtype=None):
-    """``loss(params, (idx, mask, s))``: the inner loss on step s's synthetic minibatch exactly
-    as ``mtt.unroll`` forms it (``images[idx]``, ``targets[idx]`` or None, the 0/1 ``mask``,
-    ``augment(fold_in(aug_key, s), x)`` when given, computed in ``inner_dtype`` when given)."""
-
-    def loss(params, step_inputs):
-        idx, mask, s = step_inputs
-        x, y = images[idx], None if targets is None else targets[idx]
-        if augment is not None:
-            x = augment(jax.random.fold_in(aug_key, s), x)
-        if inner_dtype is None:
-            return inner_loss(params, x, y, mask)
-        low = lambda t: None if t is None else jax.tree.map(lambda a: a.astype(inner_dtype), t)
-        return inner_loss(low(params), low(x), low(y), low(mask))
-
-    return loss
-
-
-def inner_step_fn(inner_loss: InnerLoss, images: jax.Array, targets: jax.Array | None, *,
-                  augment: Augment | None = None, aug_key: jax.Array | None = None,
-                  inner_dtype=None) -> StepFn:
-    """``step_fn(params, lr, (idx, mask, s))``: one step ``θ − lr·∇L`` of ``mtt.unroll`` (same
-    arguments as ``minibatch_loss``), for ``lr_sensitivity`` with ``unroll_inputs(idx, mask)``."""
-    grad_fn = jax.grad(minibatch_loss(inner_loss, images, targets, augment=augment, aug_key=aug_key,
-                                      inner_dtype=inner_dtype))
-
-    def step_fn(params, lr, step_inputs):
-        grads = grad_fn(params, step_inputs)
-        return jax.tree.map(lambda p, g: p - lr * g.astype(p.dtype), params, grads)
-
-    return step_fn
-
-
-def unroll_inputs(batch_idx_SB: jax.Array, mask_SB: jax.Array):
-    """The scanned inputs ``(idx, mask, s)`` of ``mtt.unroll`` for its ``[S, B]`` indices and mask."""
-    return batch_idx_SB, mask_SB, jnp.arange(batch_idx_SB.shape[0])

@@ -8,9 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddjax.mkdt.mtt import masked_mse, unroll
-from ddjax.mkdt.stability import (diagnose, growth_rate, inner_step_fn, lr_sensitivity, minibatch_loss,
-                                  top_hessian_eigenvalue, unroll_inputs)
+from ddjax.mkdt.mtt import inner_step, masked_mse, minibatch_loss, unroll, unroll_inputs
+from ddjax.mkdt.stability import diagnose, growth_rate, lr_sensitivity, top_hessian_eigenvalue
 
 STABLE_EIGS = np.array([10.0, 7.0, 5.0, 3.0, 2.0, 1.0])  # at lr 0.15: |1 - lr*lambda| <= 0.85
 
@@ -162,13 +161,14 @@ def _mlp_problem(steps=10, n_syn=8, batch=4):
     return model, params0, images, targets, idx, mask
 
 
-def test_the_adapters_rebuild_mtt_unroll_step_for_step():
+def test_lr_sensitivity_runs_the_unroll_itself():
+    """Its primal output is ``mtt.unroll``'s θ_N, with a padded mask, augmentation and bf16."""
     model, params0, images, targets, idx, mask = _mlp_problem()
     loss = masked_mse(model.apply)
     augment = lambda key, x: x + 0.1 * jax.random.normal(key, x.shape)
     aug_key = jax.random.key(7)
     for kwargs in ({}, {"augment": augment, "aug_key": aug_key}, {"inner_dtype": jnp.bfloat16}):
-        _, theta_n = lr_sensitivity(inner_step_fn(loss, images, targets, **kwargs), params0, 0.1,
+        _, theta_n = lr_sensitivity(inner_step(loss, images, targets, **kwargs), params0, 0.1,
                                     unroll_inputs(idx, mask), return_params=True)
         expected = unroll(loss, params0, images, targets, jnp.asarray(0.1), idx, mask, **kwargs)
         for got, want in zip(jax.tree.leaves(theta_n), jax.tree.leaves(expected)):
@@ -187,7 +187,7 @@ def test_scaling_the_targets_up_sharpens_the_end_of_the_unroll():
 
     def sharpness_at_end(scale):
         y = scale * targets
-        _, theta_n = lr_sensitivity(inner_step_fn(loss, images, y), params0, lr, inputs, return_params=True)
+        _, theta_n = lr_sensitivity(inner_step(loss, images, y), params0, lr, inputs, return_params=True)
         batch_loss = minibatch_loss(loss, images, y)
         return float(top_hessian_eigenvalue(lambda p: batch_loss(p, last), theta_n, jax.random.key(3)))
 
