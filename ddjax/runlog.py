@@ -79,6 +79,11 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, init
                 dynamic_ncols=True, mininterval=1.0, smoothing=0.1)
 
 
+def warn(message: str) -> None:
+    """One warning line on stderr, printed above any progress bar."""
+    tqdm.write(f"ddjax: warning: {message}", file=sys.stderr)
+
+
 def print_summary(stage: str, workdir: str | Path, artifacts: dict[str, Any], **figures: Any) -> dict:
     """Print the stage's final one-line JSON summary on stdout and return it."""
     summary = {"stage": stage, "workdir": str(workdir), "artifacts": to_jsonable(artifacts)}

@@ -37,6 +37,7 @@ class Artifact:
     path: str
     producer: str
     identity: tuple[str, ...] = ()
+    hint: str = "with the same --config and --workdir"  # how to run the producer
 
     def locate(self, root: str | Path, **fields: Any) -> Path:
         return Path(root).absolute() / self.path.format(**fields)
@@ -77,7 +78,7 @@ class Artifact:
             state = "is incomplete (a run was stopped while writing it)" if directory.exists() \
                 else "does not exist"
             raise DdjaxError(f"the {self.name} at {directory} {state}; run `{self.producer}` "
-                             "with the same --config and --workdir first")
+                             f"{self.hint} first")
         meta = json.loads((directory / META).read_text())
         if meta.get("artifact") != self.name:
             raise DdjaxError(f"{directory} holds a {meta.get('artifact')!r}, not a {self.name}")

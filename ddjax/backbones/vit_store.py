@@ -1,8 +1,8 @@
 """Converted ViT weights on disk, and the ViT ``Backbone`` objects built from them.
 
-``ddjax backbone import NAME FILE`` converts an official weights file once and stores it (Orbax
-params plus ``meta.json``: configuration, source file and SHA-256, dropped keys) in
-``$DDJAX_BACKBONE_DIR/NAME`` (default ``~/.cache/ddjax/backbones/NAME``). ``load_backbone("NAME")``
+``ddjax backbone import NAME FILE`` converts an official weights file once and stores it as an
+artifact (``ddjax.artifacts.backbone``: params, and a meta with the configuration, source file and
+SHA-256, dropped keys) in ``$DDJAX_BACKBONE_DIR/NAME`` (default ``~/.cache/ddjax/backbones/NAME``). ``load_backbone("NAME")``
 finds it there; ``load_backbone("NAME:PATH")`` takes a converted directory or a raw weights file.
 Importing this module registers every named variant and LGM's aliases.
 """
@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from ddjax.artifacts.backbone import BACKBONE
 from ddjax.backbones.registry import Backbone, register_family
 from ddjax.backbones.vit import ViT, param_count
 from ddjax.backbones.vit_configs import (ALIASES, IMAGENET_MEAN, IMAGENET_STD, VARIANTS, ViTVariant,
@@ -27,10 +26,6 @@ from ddjax.backbones.vit_configs import (ALIASES, IMAGENET_MEAN, IMAGENET_STD, V
 from ddjax.backbones.weights import FAMILIES, check_params, convert_state_dict
 from ddjax.errors import DdjaxError
 from ddjax.models.state_dict_files import read_state_dict
-
-META_FILE = "meta.json"
-PARAMS_DIR = "params"
-
 
 def backbone_dir() -> Path:
     """Where ``ddjax backbone import`` puts converted backbones: ``$DDJAX_BACKBONE_DIR`` or
@@ -53,7 +48,7 @@ def import_weights(name: str, source: str | Path, out: str | Path | None = None)
     variant = get_variant(name)
     source = Path(source)
     target = Path(out) if out is not None else backbone_dir() / variant.name
-    if target.exists():
+    if BACKBONE.is_complete(target):
         raise DdjaxError(f"{target} already exists; remove it to import again, or pass --out DIR")
     params, report = convert_state_dict(variant, read_state_dict(source))
     meta = {
@@ -65,18 +60,7 @@ def import_weights(name: str, source: str | Path, out: str | Path | None = None)
         "params": param_count(variant.config),
         **report,
     }
-    from ddjax.checkpoint import save_pytree
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        save_pytree(staging / PARAMS_DIR, params)
-        (staging / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    BACKBONE.write(target, meta, params)
     return {
         "imported": variant.name,
         "to": str(target.absolute()),
@@ -85,21 +69,9 @@ def import_weights(name: str, source: str | Path, out: str | Path | None = None)
 
 
 def _load_converted(variant: ViTVariant, directory: Path) -> dict:
-    meta_path = directory / META_FILE
-    if not meta_path.is_file():
-        raise DdjaxError(
-            f"{directory} is not a converted backbone (no {META_FILE}); import one with "
-            f"`ddjax backbone import {variant.name} FILE`"
-        )
-    meta = json.loads(meta_path.read_text())
-    if meta.get("name") != variant.name or meta.get("config") != dataclasses.asdict(variant.config):
-        raise DdjaxError(
-            f"{directory} holds {meta.get('name')!r} with another configuration than "
-            f"{variant.name!r}; import the weights again"
-        )
-    from ddjax.checkpoint import load_pytree
-
-    params = load_pytree(directory / PARAMS_DIR)
+    params, meta = BACKBONE.read(directory)
+    BACKBONE.check(meta, {"name": variant.name, "config": dataclasses.asdict(variant.config)},
+                   directory)
     check_params(variant, params)
     return params
 
@@ -202,7 +174,7 @@ def backbone_info(name: str) -> dict:
         "std": IMAGENET_STD,
         "native_mean": variant.native_mean,
         "native_std": variant.native_std,
-        "weights": str(imported) if (imported / META_FILE).is_file() else None,
+        "weights": str(imported) if BACKBONE.is_complete(imported) else None,
         "official_weights": variant.source,
     }
 

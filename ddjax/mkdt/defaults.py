@@ -84,6 +84,15 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
         "lr_init": 0.1,                 # initial inner lr (the experts' lr)
         "experts_per_step": 1,          # >1: vmapped meta-batch of experts (option)
         "clip_grad_norm": 0.0,          # >0: clip each learnable's meta-gradient norm (option)
+        # Stability monitor (docs/mkdt.md#stability): at the first iteration and every this many,
+        # the inner loss's sharpness at the unroll's start and end and the growth of d(theta)/d(lr)
+        # (~1-2 outer iterations each at paper sizes); a one-line warning when unstable. 0: off.
+        "stability_every": 100,
+        "stability_iterations": 20,     # power iterations per sharpness estimate
+        # Divergence guards: stop with one line naming the setting when a synthetic pixel
+        # (normalised units) exceeds max_image_abs or the learned lr leaves (0, max_lr_ratio * lr_init].
+        "max_image_abs": 1000.0,
+        "max_lr_ratio": 100.0,
         "inner_dtype": "float32",       # 'bfloat16': inner loop in bf16 (option)
         "remat": True,                  # jax.checkpoint the unrolled step (memory flat in syn_steps)
         "dsa": False,                   # DSA on every inner minibatch (classic MTT; MKDT: off;

@@ -10,6 +10,8 @@ after 0, every ``save_every`` and the last update. See docs/mkdt.md#trajectory-m
 
 from __future__ import annotations
 
+import functools
+import math
 from pathlib import Path
 
 import jax
@@ -22,12 +24,12 @@ from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
 from ddjax.checkpoint import RunCheckpointer, numpy_rng_from_state, numpy_rng_state
 from ddjax.data.transforms import denormalize, zca_digest, zca_unwhiten
 from ddjax.errors import DdjaxError
-from ddjax.mkdt import objectives
+from ddjax.mkdt import objectives, stability
 from ddjax.mkdt.mtt import make_meta_loss, make_outer_step, outer_optimizer
 from ddjax.mkdt.sampling import ExpertCycle, SyntheticBatches
 from ddjax.mkdt.student import load_representations, student_inputs, student_model
 from ddjax.models import has_batch_stats
-from ddjax.runlog import print_summary, progress
+from ddjax.runlog import print_summary, progress, warn
 from ddjax.workdir import Stage, check_finite, due
 
 READS = ("seed", "data", "model", "experts.representations", "experts.zca", "experts.ssl_lambda",
@@ -80,10 +82,51 @@ def _expert_batch(store, picks, expert_epochs):
     return stack(starts), stack(targets)
 
 
-def _divergence_advice(checkpoint: int | None) -> str:
-    kept = (f"the checkpoint of iteration {checkpoint} and" if checkpoint is not None
-            else "there is no checkpoint yet (a rerun starts over), and")
-    return f"lower distill.lr_images / distill.lr_lr; {kept} the sets saved so far are kept"
+def _kept(checkpoint: int | None) -> str:
+    where = (f"the checkpoint of iteration {checkpoint}" if checkpoint is not None
+             else "no checkpoint yet (a rerun starts over)")
+    return f"{where} and the sets saved so far are kept"
+
+
+def check_divergence(d, iteration: int, loss: float, syn: dict, new_syn: dict,
+                     checkpoint: int | None) -> None:
+    """One line naming the setting to change when update ``iteration`` diverged: a non-finite
+    matching loss (the inner unroll at the current lr), a learned lr outside
+    ``(0, max_lr_ratio * lr_init]``, synthetic images beyond ``max_image_abs`` or non-finite
+    targets. Raised before anything of that update is written."""
+    kept = _kept(checkpoint)
+    lr = float(syn["lr"])
+    check_finite(loss, f"the matching loss at iteration {iteration} (inner lr {lr:.4g})",
+                 f"the student's unroll diverged: lower distill.lr_init ({d.lr_init:g}) or "
+                 f"distill.syn_steps ({d.syn_steps}); {kept}")
+    new_lr, bound = float(new_syn["lr"]), d.max_lr_ratio * d.lr_init
+    if not 0 < new_lr <= bound:  # also NaN
+        raise DdjaxError(f"the learned inner lr became {new_lr:.4g} at iteration {iteration} (outside "
+                         f"(0, {bound:g}] = (0, distill.max_lr_ratio x distill.lr_init]); lower "
+                         f"distill.lr_lr ({d.lr_lr:g}); {kept}")
+    image_abs = float(jnp.max(jnp.abs(new_syn["images"])))
+    if not image_abs <= d.max_image_abs:  # also NaN
+        raise DdjaxError(f"the synthetic images reached |x| = {image_abs:.3g} at iteration {iteration} "
+                         f"(limit distill.max_image_abs = {d.max_image_abs:g}); lower distill.lr_images "
+                         f"({d.lr_images:g}); {kept}")
+    if "targets" in new_syn and not bool(jnp.isfinite(new_syn["targets"]).all()):
+        raise DdjaxError(f"the learned targets became non-finite at iteration {iteration}; lower "
+                         f"distill.lr_targets ({d.lr_targets:g}); {kept}")
+
+
+def _stability(monitor, syn, starts, idx, mask, aug_keys, key, iteration: int) -> dict:
+    """The stability diagnostics of the first picked expert's unroll, for the metrics record;
+    a one-line warning when the exact meta-gradient cannot be trusted."""
+    found = {k: float(v) for k, v in monitor(syn, jax.tree.map(lambda a: a[0], starts),
+                                             jnp.asarray(idx[0]), jnp.asarray(mask[0]),
+                                             key, aug_key=aug_keys[0]).items()}
+    lr = float(syn["lr"])
+    ok, message = stability.diagnose(lr, found["lambda_max_start"], found["lambda_max_end"],
+                                     found["lr_growth"])
+    if not ok:
+        warn(f"distill iteration {iteration + 1}: {message}")
+    return dict(found, lr_lambda_max_start=lr * found["lambda_max_start"],
+                lr_lambda_max_end=lr * found["lambda_max_end"])
 
 
 def check_config(config) -> None:
@@ -99,6 +142,12 @@ def check_config(config) -> None:
                          "DSA views already; leave distill.dsa False")
     if d.inner_dtype not in ("float32", "bfloat16", "float16"):
         raise DdjaxError(f"distill.inner_dtype must be float32, bfloat16 or float16, got {d.inner_dtype!r}")
+    if not (math.isfinite(d.lr_init) and d.lr_init > 0):
+        raise DdjaxError(f"distill.lr_init must be a positive number, got {d.lr_init}")
+    if d.stability_every < 0 or d.stability_iterations < 1 or not d.max_image_abs > 0 \
+            or not d.max_lr_ratio > 1:
+        raise DdjaxError("distill.stability_every must be >= 0, stability_iterations >= 1, "
+                         "max_image_abs > 0 and max_lr_ratio > 1")
 
 
 def run(stage: Stage) -> dict:
@@ -127,6 +176,10 @@ def run(stage: Stage) -> dict:
     meta_loss = make_meta_loss(inner_loss, remat=d.remat, inner_dtype=inner_dtype, augment=augment)
     step_fn = make_outer_step(meta_loss, optimizer)
     aug_base = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+    monitor_key = jax.random.fold_in(jax.random.key(cfg.seed), 2)
+    monitor = jax.jit(functools.partial(stability.unroll_stability, inner_loss,
+                                        iterations=d.stability_iterations, augment=augment,
+                                        inner_dtype=inner_dtype))
 
     rng = np.random.default_rng(cfg.seed)
     cycle, batches = ExpertCycle(experts), SyntheticBatches(len(indices), d.batch_syn)
@@ -156,7 +209,7 @@ def run(stage: Stage) -> dict:
         # checkpoint was followed by a kill before that iteration's set was complete.
         if iteration == 0 or due(iteration, d.save_every, d.iterations):
             save_synset(iteration)
-        loss = float("nan")
+        loss = None
         with progress(total=d.iterations, initial=iteration, desc="distill") as bar:
             while iteration < d.iterations:
                 picks = [(cycle.next(rng), int(rng.integers(0, d.max_start_epoch)))
@@ -164,16 +217,18 @@ def run(stage: Stage) -> dict:
                 idx, mask = zip(*[batches.next_steps(d.syn_steps, rng) for _ in picks])
                 starts, targets = _expert_batch(store, picks, d.expert_epochs)
                 aug_keys = jax.random.split(jax.random.fold_in(aug_base, iteration), len(picks))
+                checks = {}
+                if d.stability_every and iteration % d.stability_every == 0:
+                    checks = _stability(monitor, syn, starts, idx, mask, aug_keys,
+                                        jax.random.fold_in(monitor_key, iteration), iteration)
                 new_syn, new_opt, loss, grads = step_fn(
                     syn, opt_state, starts, targets, jnp.asarray(np.stack(idx)),
                     jnp.asarray(np.stack(mask)), aug_keys)
                 loss = float(loss)
-                if not np.isfinite(loss):
-                    check_finite(loss, f"the matching loss at iteration {iteration + 1}",
-                                 _divergence_advice(resume.latest_step()))
+                check_divergence(d, iteration + 1, loss, syn, new_syn, resume.latest_step())
                 syn, opt_state, iteration = new_syn, new_opt, iteration + 1
                 stage.metrics.write(
-                    iteration, loss=loss, lr=syn["lr"], experts=[p[0] for p in picks],
+                    iteration, loss=loss, lr=syn["lr"], **checks, experts=[p[0] for p in picks],
                     start_epochs=[p[1] for p in picks],
                     grad_norm={k: float(jnp.sqrt(jnp.sum(g ** 2))) for k, g in grads.items()},
                     image_change=float(jnp.sqrt(jnp.sum((syn["images"] - init_images) ** 2)

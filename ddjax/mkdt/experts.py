@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ddjax.models.batched import map_batches
 from ddjax.ssl.losses import BARLOW_TWINS_LAMBDA, barlow_twins_loss
 
 Params = Any
@@ -167,14 +168,15 @@ def make_student_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
 def per_example_mse(apply_fn: Callable, batch_size: int = 1000):
     """Build ``scores(params, images, targets) -> [N]``: each example's MSE (mean over output
-    dims), computed in batches of ``batch_size`` to bound memory; compiled once per batch shape."""
+    dims), in batches of ``batch_size`` to bound memory (the last one padded: one compilation)."""
 
     @jax.jit
     def chunk(params, x, y):
         return jnp.mean((apply_fn({"params": params}, x) - y) ** 2, axis=-1)
 
     def scores(params, images, targets):
-        return jnp.concatenate([chunk(params, images[i:i + batch_size], targets[i:i + batch_size])
-                                for i in range(0, images.shape[0], batch_size)])
+        n = images.shape[0]
+        return map_batches(lambda xy: chunk(params, *xy), n, min(batch_size, n),
+                           lambda idx: (images[idx], targets[idx]))
 
     return scores

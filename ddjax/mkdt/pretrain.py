@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddjax.mkdt.experts import epoch_permutations, make_student_epoch, mse_loss_fn, torch_sgd
+from ddjax.models.batched import map_batches
 from ddjax.models.registry import dummy_input
 from ddjax.runlog import progress
 
@@ -92,15 +93,18 @@ def features(model, params, state, images: np.ndarray, indices: np.ndarray, prep
     indices = np.broadcast_to(np.asarray(indices), (seeds, np.shape(indices)[-1]))
     train = train_mode and bool(state)
     fn = _feature_fn(model, train)
-    n, out = indices.shape[1], []
-    for start in range(0, n, batch_size):
-        picks = indices[:, start:start + batch_size]
-        valid = picks.shape[1]
-        if not train and valid < batch_size:
-            picks = np.concatenate([picks, np.repeat(picks[:, :1], batch_size - valid, axis=1)], 1)
-        x = prepare(images[picks.reshape(-1)]).reshape(seeds, picks.shape[1], *images.shape[1:3], -1)
-        z, new_state = fn(params, state, jnp.asarray(x, jnp.float32))
+
+    def take(idx):
+        picks = indices[:, idx]
+        x = prepare(images[picks.reshape(-1)]).reshape(seeds, len(idx), *images.shape[1:3], -1)
+        return jnp.asarray(x, jnp.float32)
+
+    def run(x):
+        nonlocal state
+        z, new_state = fn(params, state, x)
         if train:
             state = new_state
-        out.append(np.asarray(z)[:, :valid])
-    return np.concatenate(out, axis=1).astype(np.float32), state
+        return z
+
+    z = map_batches(run, indices.shape[1], batch_size, take, axis=1, pad=not train)
+    return np.asarray(z, np.float32), state

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from ddjax.mkdt import mtt
+
 
 Params = Any
 StepFn = Callable[[Params, jax.Array, Any], Params]
@@ -37,16 +39,16 @@ MAX_GROWTH = 1.5
 
 def top_hessian_eigenvalue(loss_of_params: Callable[[Params], jax.Array], params: Params,
                            key: jax.Array, iterations: int = 20) -> jax.Array:
-    """The signed eigenvalue of largest magnitude of ∇²L at ``params`` (any pytree).
+    """λ_max, the largest (algebraic) eigenvalue of ∇²L at ``params`` (any pytree): the curvature
+    that bounds a stable gradient step, ``η·λ_max < 2``.
 
     Power iteration ``v ← Hv / ‖Hv‖`` from a random unit vector drawn with ``key``, with the
     Hessian-vector product in forward-over-reverse mode (``jax.jvp(jax.grad(L), (θ,), (v,))``);
     the estimate is the Rayleigh quotient ``vᵀHv`` of the last unit vector. Power iteration finds
-    the eigenvalue of largest *magnitude*: where a negative-curvature direction dominates
-    (|λ_min| > λ_max) the result is that negative value, returned with its sign; for stability
-    of a gradient step both signs matter as ``η·|λ|``. The Rayleigh quotient's error falls as
-    ``(λ₂/λ₁)^(2·iterations)``; with two top eigenvalues of equal magnitude and opposite sign the
-    vector does not converge and the estimate lies between them. ``iterations`` HVPs in all.
+    the eigenvalue of largest *magnitude*; when that is negative (a saddle's escape direction,
+    common at initialisation) a second power iteration on ``H − λ I`` (all eigenvalues shifted to
+    ≥ 0) finds λ_max. The Rayleigh quotient's error falls as ``(λ₂/λ₁)^(2·iterations)`` of the
+    matrix iterated. ``iterations`` HVPs, twice that when the dominant eigenvalue is negative.
     """
     flat, unravel = ravel_pytree(params)
     grad = jax.grad(lambda x: loss_of_params(unravel(x)))
@@ -58,14 +60,17 @@ def top_hessian_eigenvalue(loss_of_params: Callable[[Params], jax.Array], params
         norm = jnp.linalg.norm(v)
         return v / jnp.where(norm > 0, norm, 1.0)
 
-    def body(_, carry):
-        v, _ = carry
-        hv = hvp(v)
-        return normalise(hv), jnp.vdot(v, hv)
+    def power(shift):
+        def body(_, carry):
+            v, _ = carry
+            hv = hvp(v) - shift * v
+            return normalise(hv), jnp.vdot(v, hv)
 
-    v0 = normalise(jax.random.normal(key, flat.shape, flat.dtype))
-    _, rayleigh = jax.lax.fori_loop(0, iterations, body, (v0, jnp.zeros((), flat.dtype)))
-    return rayleigh
+        v0 = normalise(jax.random.normal(key, flat.shape, flat.dtype))
+        return jax.lax.fori_loop(0, iterations, body, (v0, jnp.zeros((), flat.dtype)))[1] + shift
+
+    dominant = power(jnp.zeros((), flat.dtype))
+    return jax.lax.cond(dominant < 0, power, lambda d: d, dominant)
 
 
 def _tree_norm(tree: Params) -> jax.Array:
@@ -114,6 +119,29 @@ def growth_rate(norms: jax.Array) -> jax.Array:
     return (per_step[-1] / per_step[first - 1]) ** (1.0 / (n_steps - first))
 
 
+def unroll_stability(inner_loss, syn: dict, params0: Params, batch_idx_SB: jax.Array,
+                     mask_SB: jax.Array, key: jax.Array, *, iterations: int = 20,
+                     **options) -> dict[str, jax.Array]:
+    """The diagnostics of one unroll of trajectory matching, as the distill stage runs it: the
+    sharpness of the first minibatch's inner loss at ``params0`` and of the last one's at the end
+    of the unroll, and the growth of ‖dθ_n/dη‖ along it (``options``: ``mtt.minibatch_loss``'s
+    augment, aug_key and inner_dtype). Jittable with ``inner_loss``, ``iterations`` and the
+    options' functions static."""
+    images, targets = syn["images"], syn.get("targets")
+    inputs = mtt.unroll_inputs(batch_idx_SB, mask_SB)
+    step = mtt.inner_step(inner_loss, images, targets, **options)
+    norms, params_N = lr_sensitivity(step, params0, syn["lr"], inputs, return_params=True)
+    loss = mtt.minibatch_loss(inner_loss, images, targets, **options)
+    first = jax.tree.map(lambda a: a[0], inputs)
+    last = jax.tree.map(lambda a: a[-1], inputs)
+    start_key, end_key = jax.random.split(key)
+    return {"lambda_max_start": top_hessian_eigenvalue(lambda p: loss(p, first), params0,
+                                                       start_key, iterations),
+            "lambda_max_end": top_hessian_eigenvalue(lambda p: loss(p, last), params_N,
+                                                     end_key, iterations),
+            "lr_growth": growth_rate(norms)}
+
+
 def diagnose(lr: float, lambda_start: float, lambda_end: float, growth: float,
              max_growth: float = MAX_GROWTH) -> tuple[bool, str | None]:
     """``(ok, message)``: is the inner gradient descent of the unroll stable enough to trust the
@@ -132,7 +160,7 @@ def diagnose(lr: float, lambda_start: float, lambda_end: float, growth: float,
     Host-side (floats in, a string out): call it on the jitted checks' results.
     """
     lr, lambda_start, lambda_end, growth = map(float, (lr, lambda_start, lambda_end, growth))
-    sharpness = max(abs(lambda_start), abs(lambda_end))
+    sharpness = max(lambda_start, lambda_end)
     fix = ("lower distill.lr_init (below {}), use fewer distill.syn_steps, or standardise the "
            "targets").format(f"2/{sharpness:.3g} = {2 / sharpness:.3g}" if sharpness > 0 else "its value")
     numbers = (f"lr {lr:.3g}, sharpness {lambda_start:.3g} -> {lambda_end:.3g} along the unroll "

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ddjax.mkdt.distill_stage as mkdt_stage
+from ddjax.mkdt import stability
 from ddjax.artifacts.base import ARRAYS, MARKER
 from ddjax.artifacts.representations import REPRESENTATIONS, read_representations
 from ddjax.artifacts.selection import SELECTION, read_selection
@@ -126,16 +127,56 @@ def test_bad_inputs_are_clear_and_keep_outputs(prepared, tmp_path):
     _copy_inputs(base, tmp_path / "arch")
     code, _, err = toy.cli(["distill", "mkdt"], tmp_path / "arch", ["model.name=convnet_nonorm"])
     assert code == 2 and "made differently" in err and "model:" in err
-    _copy_inputs(base, tmp_path / "blowup")
-    code, _, err = toy.cli(["distill", "mkdt"], tmp_path / "blowup", ["distill.lr_lr=1e30", "distill.lr_images=1e30"])
+    code, _, err = toy.cli(["distill", "mkdt"], base, ["distill.lr_init=0.0"])
+    assert code == 2 and "distill.lr_init must be a positive number" in err
+
+
+@pytest.mark.parametrize("setting, names", [
+    ("distill.lr_images=1e12", ("synthetic images reached", "distill.max_image_abs", "distill.lr_images (1e+12)")),
+    ("distill.lr_lr=1e6", ("learned inner lr became", "distill.max_lr_ratio", "distill.lr_lr (1e+06)")),
+])
+def test_divergence_guards_stop_in_one_line_naming_the_setting(prepared, tmp_path, setting, names):
+    """An absurd setting exits non-zero at the update that diverged, names the setting, and
+    writes nothing of that update: no metrics record, checkpoint or set beyond the last good."""
+    toy, base = prepared
+    workdir = tmp_path / "blowup"
+    _copy_inputs(base, workdir)
+    code, out, err = toy.cli(["distill", "mkdt"], workdir, [setting, "distill.checkpoint_every=1"])
     last = err.strip().splitlines()[-1]
-    assert code == 2 and last.startswith("ddjax: error:")
-    assert "matching loss at iteration" in last and "distill.lr_images" in last
-    # The message names the checkpoint that is kept (checkpoint_every is 1 here).
-    iteration = int(last.split("matching loss at iteration ")[1].split()[0])
-    assert (f"the checkpoint of iteration {iteration - 1} and" in last if iteration > 1
-            else "no checkpoint yet" in last)
-    # The initial set written before the blow-up is still there and intact.
-    kept, _ = _synset(tmp_path / "blowup", 0)
+    assert code == 2 and out == "" and last.startswith("ddjax: error:")
+    assert all(name in last for name in names), last
+    iteration = int(last.split(" at iteration ")[1].split()[0].rstrip(","))
+    good = iteration - 1
+    assert ("no checkpoint yet" in last) if good == 0 else (f"the checkpoint of iteration {good}" in last)
+    assert [m["step"] for m in _metrics(workdir)] == list(range(1, iteration))
+    resume = workdir / "distill" / "resume"
+    saved = sorted(int(p.name) for p in resume.iterdir() if p.name.isdigit()) if resume.exists() else []
+    assert (saved[-1] if saved else 0) == good
+    assert [p.name for p in SYNSET.complete_under(workdir / "distill" / "synsets")] == ["iter_000000"]
+    # The initial set written before the blow-up is intact.
+    kept, _ = _synset(workdir, 0)
     reps, _ = read_representations(REPRESENTATIONS.locate(base))
     np.testing.assert_array_equal(kept["targets"], reps[_indices(base)])
+
+
+def test_stability_monitor_records_sharpness_and_warns_when_unstable(prepared, tmp_path):
+    """At the first iteration and every ``stability_every``: the sharpness at the unroll's start
+    and end and the growth of d(theta)/d(lr) in the metrics; a warning only when unstable. The
+    toy student at lr 0.1 is stable; the same unroll at an inner lr of 30 is not."""
+    toy, base = prepared
+    stable, unstable = tmp_path / "stable", tmp_path / "unstable"
+    for workdir in (stable, unstable):
+        _copy_inputs(base, workdir)
+    code, _, err = toy.cli(["distill", "mkdt"], stable, ["distill.stability_every=3"])
+    assert code == 0, err
+    records = _metrics(stable)
+    checked = [r["step"] for r in records if "lambda_max_start" in r]
+    assert checked == [1, 4] and "warning" not in err
+    first = records[0]
+    assert first["lr_lambda_max_start"] == pytest.approx(0.1 * first["lambda_max_start"])
+    assert 0 < first["lr_lambda_max_start"] < 2 and first["lr_growth"] < stability.MAX_GROWTH
+
+    code, _, err = toy.cli(["distill", "mkdt"], unstable,
+                           ["distill.lr_init=30.0", "distill.iterations=1", "distill.max_lr_ratio=10"])
+    warnings = [line for line in err.splitlines() if line.startswith("ddjax: warning:")]
+    assert len(warnings) == 1 and "lr*sharpness" in warnings[0] and "distill.lr_init" in warnings[0]
