@@ -67,9 +67,16 @@ class MetricsLog:
         tmp.replace(self.path)
 
     def read(self) -> list[dict]:
+        """The records, without a last line cut short by a kill mid-write (dropped on rewind)."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
 
 
 def progress(iterable: Iterable | None = None, *, total: int | None = None, initial: int = 0,

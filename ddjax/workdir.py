@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import math
 import os
@@ -41,7 +42,7 @@ class Stage:
     def directory(self) -> Path:
         return self.workdir / self.name
 
-    @property
+    @functools.cached_property
     def metrics(self) -> MetricsLog:
         return MetricsLog(self.directory, self.name)
 

@@ -6,4 +6,5 @@ keys), in ``$DDJAX_BACKBONE_DIR/<name>`` (see ``ddjax.backbones.vit_store``), no
 from ddjax.artifacts.base import Artifact
 
 BACKBONE = Artifact("imported backbone", "{name}", "ddjax backbone import NAME FILE",
-                    identity=("name", "config"), hint="with the official weights file")
+                    identity=("name", "config"), hint="with the official weights file",
+                    remedy="import the weights again for this name")

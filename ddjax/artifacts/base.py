@@ -38,6 +38,8 @@ class Artifact:
     producer: str
     identity: tuple[str, ...] = ()
     hint: str = "with the same --config and --workdir"  # how to run the producer
+    remedy: str = ("it is not overwritten: use another --workdir, or the settings it was made "
+                   "with")  # what to do about an identity mismatch
 
     def locate(self, root: str | Path, **fields: Any) -> Path:
         return Path(root).absolute() / self.path.format(**fields)
@@ -95,8 +97,7 @@ class Artifact:
                  for k in self.identity if k in expected and meta.get(k) != expected[k]]
         if wrong:
             raise DdjaxError(f"the {self.name} at {where} was made differently ({'; '.join(wrong)}); "
-                             "it is not overwritten: use another --workdir, or the settings it "
-                             "was made with")
+                             f"{self.remedy}")
 
     def complete_under(self, parent: str | Path, pattern: str = "*") -> list[Path]:
         """Complete artifacts among ``parent``'s children matching ``pattern``, sorted by name."""

@@ -48,11 +48,15 @@ def read_selection(directory: str | Path) -> tuple[np.ndarray, dict]:
     return np.asarray(arrays["indices"], np.int64), meta
 
 
-def selection_indices(workdir: str | Path, method: str, percent: float) -> tuple[np.ndarray, Path]:
-    """The indices of ``method``'s ``percent``% selection in ``workdir``, and its directory; one
-    line naming the command to run when it is missing."""
+def selection_indices(workdir: str | Path, method: str, percent: float,
+                      data: dict) -> tuple[np.ndarray, Path]:
+    """The indices of ``method``'s ``percent``% selection in ``workdir``, and its directory,
+    checked to index the same data (``data``: dataset and train_subset); one line naming the
+    command to run when it is missing."""
     directory = SELECTION.locate(workdir, method=method, percent=percent)
     if not SELECTION.is_complete(directory):
         raise DdjaxError(f"no {method} selection of {percent:g}% at {directory}; run "
                          f"`{command(method)}` with select.percents including {percent:g} first")
-    return read_selection(directory)[0], directory
+    indices, meta = read_selection(directory)
+    SELECTION.check(meta, data, directory)
+    return indices, directory

@@ -19,7 +19,8 @@ from ddjax.errors import DdjaxError
 
 TRAJECTORIES = Artifact(
     "expert trajectories", "experts/trajectories", "ddjax experts",
-    identity=("dataset", "model", "model_kwargs", "loss", "num_params", "normalisation", "ssl"))
+    identity=("dataset", "train_subset", "model", "model_kwargs", "loss", "teacher_sha256",
+              "num_params", "normalisation", "ssl"))
 # Relative to the store: an expert's directory, holding epoch_NNN/ snapshots (Orbax pytrees).
 EXPERT = Artifact("expert", "expert_{expert:04d}", "ddjax experts")
 _EPOCH = "epoch_{epoch:03d}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 from ddjax.defaults import base_config
+from ddjax.errors import DdjaxError
 
 LGM_DEFAULTS = {
     # "tag=spec" or "spec" per backbone; empty: teacher=ddjax:<workdir>/teacher
@@ -66,7 +67,7 @@ def lgm_eval_section(**changes) -> ml_collections.ConfigDict:
 def _section(defaults: dict, changes: dict) -> ml_collections.ConfigDict:
     unknown = sorted(set(changes) - set(defaults))
     if unknown:
-        raise KeyError(f"unknown field(s) {unknown}; known: {sorted(defaults)}")
+        raise DdjaxError(f"unknown field(s) {unknown}; known: {sorted(defaults)}")
     return ml_collections.ConfigDict(dict(defaults, **changes))
 
 

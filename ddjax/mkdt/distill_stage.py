@@ -27,7 +27,8 @@ from ddjax.errors import DdjaxError
 from ddjax.mkdt import objectives, stability
 from ddjax.mkdt.mtt import make_meta_loss, make_outer_step, outer_optimizer
 from ddjax.mkdt.sampling import ExpertCycle, SyntheticBatches
-from ddjax.mkdt.student import load_representations, student_inputs, student_model
+from ddjax.mkdt.student import (data_identity, load_representations, store_identity, student_inputs,
+                                student_model)
 from ddjax.models import has_batch_stats
 from ddjax.runlog import print_summary, progress, warn
 from ddjax.workdir import Stage, check_finite, due
@@ -40,7 +41,7 @@ def init_indices(config, workdir: Path) -> np.ndarray:
     """The real images the synthetic set starts from: a selection or an .npy file of indices."""
     d = config.distill
     if d.init in METHODS:
-        indices, source = selection_indices(workdir, d.init, d.percent)
+        indices, source = selection_indices(workdir, d.init, d.percent, data_identity(config))
     else:
         source = Path(d.init)
         if not source.exists():
@@ -53,17 +54,15 @@ def init_indices(config, workdir: Path) -> np.ndarray:
     return indices
 
 
-def _check_store(store: TrajectoryStore, config, objective, spec, zca) -> list[int]:
+def _check_store(store: TrajectoryStore, config, workdir, objective, spec, zca) -> list[int]:
     d = config.distill
     if store.meta.get("loss") != objective.expert_loss:
         raise DdjaxError(f"distill.mode={d.mode!r} matches experts trained with "
                          f"experts.loss={objective.expert_loss!r}, but the store at {store.root} holds "
                          f"{store.meta.get('loss')!r} experts; train matching experts in another "
                          "--workdir or pick the mode of these")
-    store.check_compatible({"dataset": spec.name, "model": config.model.name,
-                            "loss": objective.expert_loss, "ssl": objective.identity(config.experts),
-                            "normalisation": {"mean": list(spec.mean), "std": list(spec.std),
-                                              "zca": zca_digest(zca) if zca is not None else None}})
+    store.check_compatible(dict(store_identity(config, workdir, spec, zca, objective.expert_loss),
+                                ssl=objective.identity(config.experts)))
     needed = d.max_start_epoch - 1 + d.expert_epochs
     if needed not in store.meta["kept_epochs"]:
         raise DdjaxError(f"distillation reads expert epochs up to {needed} but the store keeps "
@@ -84,7 +83,7 @@ def _expert_batch(store, picks, expert_epochs):
 
 def _kept(checkpoint: int | None) -> str:
     where = (f"the checkpoint of iteration {checkpoint}" if checkpoint is not None
-             else "no checkpoint yet (a rerun starts over)")
+             else "no checkpoint yet")
     return f"{where} and the sets saved so far are kept"
 
 
@@ -93,25 +92,27 @@ def check_divergence(d, iteration: int, loss: float, syn: dict, new_syn: dict,
     """One line naming the setting to change when update ``iteration`` diverged: a non-finite
     matching loss (the inner unroll at the current lr), a learned lr outside
     ``(0, max_lr_ratio * lr_init]``, synthetic images beyond ``max_image_abs`` or non-finite
-    targets. Raised before anything of that update is written."""
+    targets. Raised before anything of that update is written; the settings are recorded, so the
+    advice is a rerun in a new --workdir."""
     kept = _kept(checkpoint)
-    lr = float(syn["lr"])
+    lr, new_lr, image_abs, targets_ok = map(float, jax.device_get((
+        syn["lr"], new_syn["lr"], jnp.max(jnp.abs(new_syn["images"])),
+        jnp.isfinite(new_syn["targets"]).all() if "targets" in new_syn else True)))
     check_finite(loss, f"the matching loss at iteration {iteration} (inner lr {lr:.4g})",
-                 f"the student's unroll diverged: lower distill.lr_init ({d.lr_init:g}) or "
-                 f"distill.syn_steps ({d.syn_steps}); {kept}")
-    new_lr, bound = float(new_syn["lr"]), d.max_lr_ratio * d.lr_init
+                 f"the student's unroll diverged: rerun in a new --workdir with a lower "
+                 f"distill.lr_init ({d.lr_init:g}) or fewer distill.syn_steps ({d.syn_steps}); {kept}")
+    bound = d.max_lr_ratio * d.lr_init
     if not 0 < new_lr <= bound:  # also NaN
         raise DdjaxError(f"the learned inner lr became {new_lr:.4g} at iteration {iteration} (outside "
-                         f"(0, {bound:g}] = (0, distill.max_lr_ratio x distill.lr_init]); lower "
-                         f"distill.lr_lr ({d.lr_lr:g}); {kept}")
-    image_abs = float(jnp.max(jnp.abs(new_syn["images"])))
+                         f"(0, {bound:g}] = (0, distill.max_lr_ratio x distill.lr_init]); rerun in a "
+                         f"new --workdir with a lower distill.lr_lr ({d.lr_lr:g}); {kept}")
     if not image_abs <= d.max_image_abs:  # also NaN
         raise DdjaxError(f"the synthetic images reached |x| = {image_abs:.3g} at iteration {iteration} "
-                         f"(limit distill.max_image_abs = {d.max_image_abs:g}); lower distill.lr_images "
-                         f"({d.lr_images:g}); {kept}")
-    if "targets" in new_syn and not bool(jnp.isfinite(new_syn["targets"]).all()):
-        raise DdjaxError(f"the learned targets became non-finite at iteration {iteration}; lower "
-                         f"distill.lr_targets ({d.lr_targets:g}); {kept}")
+                         f"(limit distill.max_image_abs = {d.max_image_abs:g}); rerun in a new "
+                         f"--workdir with a lower distill.lr_images ({d.lr_images:g}); {kept}")
+    if not targets_ok:
+        raise DdjaxError(f"the learned targets became non-finite at iteration {iteration}; rerun in a "
+                         f"new --workdir with a lower distill.lr_targets ({d.lr_targets:g}); {kept}")
 
 
 def _stability(monitor, syn, starts, idx, mask, aug_keys, key, iteration: int) -> dict:
@@ -142,6 +143,9 @@ def check_config(config) -> None:
                          "DSA views already; leave distill.dsa False")
     if d.inner_dtype not in ("float32", "bfloat16", "float16"):
         raise DdjaxError(f"distill.inner_dtype must be float32, bfloat16 or float16, got {d.inner_dtype!r}")
+    if d.init not in METHODS and not str(d.init).endswith(".npy"):
+        raise DdjaxError(f"distill.init must be {' or '.join(METHODS)} (a selection) or the path of "
+                         f"an .npy file of train indices, got {d.init!r}")
     if not (math.isfinite(d.lr_init) and d.lr_init > 0):
         raise DdjaxError(f"distill.lr_init must be a positive number, got {d.lr_init}")
     if d.stability_every < 0 or d.stability_iterations < 1 or not d.max_image_abs > 0 \
@@ -156,7 +160,7 @@ def run(stage: Stage) -> dict:
     images, labels, spec, zca = student_inputs(cfg, stage.workdir)
     indices = init_indices(cfg, stage.workdir)
     store = TrajectoryStore.open(TRAJECTORIES.locate(stage.workdir))
-    experts = _check_store(store, cfg, objective, spec, zca)
+    experts = _check_store(store, cfg, stage.workdir, objective, spec, zca)
     num_outputs, ssl = store.meta["num_outputs"], store.meta.get("ssl")
     targets_all = objective.synthetic_targets(
         labels, lambda: load_representations(cfg, stage.workdir, spec, len(labels)), num_outputs)

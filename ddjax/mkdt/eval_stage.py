@@ -20,7 +20,7 @@ import numpy as np
 
 from ddjax.artifacts.representations import REPRESENTATIONS
 from ddjax.artifacts.results import MKDT_ENCODERS, MKDT_RESULT, read_result, write_result
-from ddjax.artifacts.selection import selection_indices
+from ddjax.artifacts.selection import SELECTION, selection_indices
 from ddjax.artifacts.synset import SYNSET, find_synset, read_synset
 from ddjax.data.pipeline import dataset_spec, load_normalized, load_split
 from ddjax.data.sources import local_unavailable_reason
@@ -31,7 +31,7 @@ from ddjax.mkdt import objectives
 from ddjax.mkdt import tables as mkdt_tables
 from ddjax.mkdt.lbfgs_probe import fit_probes, probe_accuracy
 from ddjax.mkdt.pretrain import features, init_encoders, pretrain, seed_keys
-from ddjax.mkdt.student import load_representations, representations_dir, student_model
+from ddjax.mkdt.student import data_identity, load_representations, representations_dir, student_model
 from ddjax.models import build_model
 from ddjax.models.registry import REPRESENTATION_DIM
 from ddjax.runlog import print_summary, write_json_atomic
@@ -115,24 +115,40 @@ class EvalInputs:
             self._train = images, load_representations(cfg, workdir, spec, len(labels))
         return self._train
 
+    def _synset_dir(self, row: str) -> Path:
+        return find_synset(self.extra.get(row, self.stage.workdir),
+                           self.ev.synset_iteration if row == "mkdt" else -1)
+
+    def source(self, row: str) -> str:
+        """What ``row`` pre-trains on, as its encoders and results record it; found (and a
+        missing set reported) before anything is pre-trained."""
+        if row == "no_pretrain":
+            return f"random init, seed {self.ev.no_pretrain_seed}"
+        if row == "full":
+            return "train split"
+        if row in ("random", "high_loss"):
+            return str(SELECTION.locate(self.stage.workdir, method=row,
+                                        percent=self.stage.config.distill.percent))
+        return str(self._synset_dir(row))
+
     def pretrain_set(self, row: str) -> PretrainSet:
         cfg, ev = self.stage.config, self.ev
         if row in ("random", "high_loss"):
             images, targets = self.train_data()
-            idx, directory = selection_indices(self.stage.workdir, row, cfg.distill.percent)
+            idx, directory = selection_indices(self.stage.workdir, row, cfg.distill.percent,
+                                               data_identity(cfg))
             return PretrainSet(images[idx], targets[idx], ev.subset_lr, str(directory))
         if row == "full":
             images, targets = self.train_data()
             return PretrainSet(images, targets, ev.subset_lr, "train split")
-        directory = find_synset(self.extra.get(row, self.stage.workdir),
-                                ev.synset_iteration if row == "mkdt" else -1)
+        directory = self._synset_dir(row)
         arrays, meta = read_synset(directory)
         objective = objectives.by_mode(meta["mode"])
         if meta.get("zca") or objective.targets == "labels":
             raise DdjaxError(f"{directory} was distilled in mode {meta['mode']!r}"
                              f"{' with ZCA' if meta.get('zca') else ''}; MKDT evaluation pre-trains "
                              "on unwhitened sets with learned targets or an SSL objective")
-        SYNSET.check(meta, {"dataset": cfg.data.name}, directory)
+        SYNSET.check(meta, {"dataset": data_identity(cfg)["dataset"]}, directory)
         images = np.asarray(arrays["images"])
         if objective.targets == "none":
             return PretrainSet(images, np.zeros((len(images), 0), np.float32), float(arrays["lr"]),
@@ -176,16 +192,26 @@ def encoder_model(config, image_size):
                        conv_impl=config.model.conv_impl)
 
 
+def check_source(row: str, where: Path, recorded: str, current: str) -> None:
+    """Encoders and results are reused only for the set they were made from (a newer distilled
+    set, another selection): else one line saying what to remove."""
+    if recorded != current:
+        raise DdjaxError(f"{where} was made for row {row!r} from {recorded}, but the row now "
+                         f"pre-trains on {current}; remove the row's encoders/{row} and "
+                         f"results/{row}__* in {where.parent.parent}, or use another --workdir")
+
+
 def _encoders(inputs: EvalInputs, row: str, model, image_size):
     """``(params_S, state_S, record)`` of a row, pre-trained now or loaded from an earlier run."""
     ev, seeds = inputs.ev, list(inputs.ev.seeds)
     if row == "no_pretrain":
         params, state = init_encoders(model, seed_keys([ev.no_pretrain_seed], 0), image_size)
         params, state = jax.tree.map(lambda x: np.repeat(x, len(seeds), axis=0), (params, state))
-        return params, state, {"source": f"random init, seed {ev.no_pretrain_seed}"}
+        return params, state, {"source": inputs.source(row)}
     directory = MKDT_ENCODERS.locate(inputs.stage.workdir, row=row)
     if MKDT_ENCODERS.is_complete(directory):
         saved, meta = MKDT_ENCODERS.read(directory)
+        check_source(row, directory, meta["pretraining"]["source"], inputs.source(row))
         return saved["params"], saved.get("model_state", {}), meta["pretraining"]
     data = inputs.pretrain_set(row)
     if data.num_outputs != REPRESENTATION_DIM:
@@ -246,10 +272,14 @@ def run(stage: Stage) -> dict:
                          + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     image_size = tuple(dataset_spec(stage.config.data).image_size or (32, 32))
     model = encoder_model(stage.config, image_size)
+    sources = {row: inputs.source(row) for row in inputs.rows}  # a missing set fails here, first
     results = []
     for r, row in enumerate(inputs.rows):
         paths = {d: MKDT_RESULT.locate(stage.workdir, row=row, dataset=d) for d in datasets}
         todo = [d for d in datasets if not MKDT_RESULT.is_complete(paths[d])]
+        for d in set(datasets) - set(todo):
+            check_source(row, paths[d], read_result(MKDT_RESULT, paths[d])["pretraining"]["source"],
+                         sources[row])
         encoders = _encoders(inputs, row, model, image_size) if todo else None
         for dataset in datasets:
             if dataset in todo:

@@ -15,12 +15,11 @@ import numpy as np
 
 from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
 from ddjax.checkpoint import RunCheckpointer
-from ddjax.data.transforms import zca_digest
 from ddjax.errors import DdjaxError
 from ddjax.mkdt import objectives
 from ddjax.mkdt.experts import (epoch_permutations, expert_keys, kept_epochs, make_student_epoch,
                                 torch_sgd)
-from ddjax.mkdt.student import load_representations, student_inputs, student_model
+from ddjax.mkdt.student import load_representations, store_identity, student_inputs, student_model
 from ddjax.models import has_batch_stats
 from ddjax.models.registry import dummy_input
 from ddjax.runlog import print_summary, progress
@@ -53,10 +52,8 @@ def run(stage: Stage) -> dict:
                                   jax.random.key(0))
     keep = kept_epochs(exp.epochs, exp.keep_epochs)
     store = TrajectoryStore.create_or_open(TRAJECTORIES.locate(stage.workdir), {
-        "dataset": spec.name, "model": cfg.model.name, "model_kwargs": {"width": cfg.model.get("width")},
-        "loss": exp.loss, "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params_shape))),
-        "normalisation": {"mean": list(spec.mean), "std": list(spec.std),
-                          "zca": zca_digest(zca) if zca is not None else None},
+        **store_identity(cfg, stage.workdir, spec, zca, exp.loss),
+        "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params_shape))),
         "num_outputs": num_outputs, "optimizer": {"name": "sgd", "lr": exp.lr, "momentum": exp.momentum,
                                                   "weight_decay": exp.weight_decay},
         "batch_size": exp.batch_size, "epochs": exp.epochs, "kept_epochs": keep, "seed": cfg.seed,

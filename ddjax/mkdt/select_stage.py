@@ -17,7 +17,7 @@ from ddjax.data.subsets import random_subset
 from ddjax.errors import DdjaxError
 from ddjax.mkdt import objectives
 from ddjax.mkdt.experts import per_example_mse
-from ddjax.mkdt.student import load_representations, student_inputs, student_model
+from ddjax.mkdt.student import load_representations, store_identity, student_inputs, student_model
 from ddjax.runlog import print_summary, progress
 from ddjax.workdir import Stage
 
@@ -54,8 +54,8 @@ def run_high_loss(stage: Stage) -> dict:
     experts = store.complete_experts()
     if not experts:
         raise DdjaxError(f"no complete expert in {store.root}; run `ddjax experts` first")
-    images, labels, spec, _ = student_inputs(cfg, stage.workdir)
-    store.check_compatible({"dataset": spec.name, "model": cfg.model.name})
+    images, labels, spec, zca = student_inputs(cfg, stage.workdir)
+    store.check_compatible(store_identity(cfg, stage.workdir, spec, zca, "mse"))
     targets = load_representations(cfg, stage.workdir, spec, len(labels))
     model = student_model(cfg, targets.shape[1], images.shape[1:3])
     scores_fn = per_example_mse(model.apply)

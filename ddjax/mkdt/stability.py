@@ -147,7 +147,7 @@ def diagnose(lr: float, lambda_start: float, lambda_end: float, growth: float,
     """``(ok, message)``: is the inner gradient descent of the unroll stable enough to trust the
     meta-gradient? ``message`` is None when ok, else ONE line with the numbers and the fix.
 
-    Not ok when ``η·max(|λ_start|, |λ_end|) ≥ 2`` (the sharpness at the unroll's first and last
+    Not ok when ``η·max(λ_start, λ_end) ≥ 2`` (the sharpness at the unroll's first and last
     minibatch, ``top_hessian_eigenvalue``): a gradient step at η expands the top curvature
     direction; or when ``growth ≥ max_growth`` (``growth_rate``): ‖dθ_n/dη‖ beyond the linear
     growth of a flat landscape is multiplied by ``growth`` every step. 1.5 corresponds on a

@@ -11,8 +11,8 @@ import numpy as np
 
 from ddjax.artifacts.representations import REPRESENTATIONS, read_representations
 from ddjax.artifacts.zca import ZCA, read_zca, write_zca
-from ddjax.data.pipeline import load_normalized
-from ddjax.data.transforms import fit_zca, zca_whiten
+from ddjax.data.pipeline import dataset_spec, load_normalized
+from ddjax.data.transforms import fit_zca, zca_digest, zca_whiten
 from ddjax.errors import DdjaxError
 from ddjax.models import build_model
 
@@ -24,6 +24,26 @@ def representations_dir(config, workdir: str | Path) -> Path:
     ``represent`` stage's in ``workdir``."""
     configured = config.experts.representations
     return Path(configured).absolute() if configured else REPRESENTATIONS.locate(workdir)
+
+
+def data_identity(config) -> dict:
+    """The data an index or a row refers to: the dataset's name and the train subset."""
+    return {"dataset": dataset_spec(config.data).name,
+            "train_subset": int(config.data.get("train_subset", 0))}
+
+
+def store_identity(config, workdir: str | Path, spec, zca, loss: str) -> dict:
+    """What identifies a trajectory store for this config: the data (dataset, train subset,
+    normalisation, ZCA digest), the student (name, width), the expert loss and, for KD experts,
+    the teacher whose representations they regressed. Written by the experts stage, checked by
+    select and distill."""
+    teacher = None
+    if loss == "mse":
+        teacher = REPRESENTATIONS.read_meta(representations_dir(config, workdir))["teacher_sha256"]
+    return {**data_identity(config), "model": config.model.name, "model_kwargs": {"width": config.model.get("width")},
+            "loss": loss, "teacher_sha256": teacher,
+            "normalisation": {"mean": list(spec.mean), "std": list(spec.std),
+                              "zca": zca_digest(zca) if zca is not None else None}}
 
 
 def load_representations(config, workdir: str | Path, spec, num_images: int) -> np.ndarray:

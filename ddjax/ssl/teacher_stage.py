@@ -67,7 +67,7 @@ def teacher_recipe(t) -> recipes.TeacherRecipe:
 
 
 def encoder_description(t, image_size) -> dict:
-    """What ``encoder.json`` needs to rebuild the configured network."""
+    """What the teacher artifact's meta needs to rebuild the configured network."""
     return {"model": canonical_model_name(t.model), "model_kwargs": t.model_kwargs.to_dict(),
             "conv_impl": t.conv_impl, "init": t.init or None, "image_size": list(image_size)}
 

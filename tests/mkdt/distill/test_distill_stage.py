@@ -129,6 +129,14 @@ def test_bad_inputs_are_clear_and_keep_outputs(prepared, tmp_path):
     assert code == 2 and "made differently" in err and "model:" in err
     code, _, err = toy.cli(["distill", "mkdt"], base, ["distill.lr_init=0.0"])
     assert code == 2 and "distill.lr_init must be a positive number" in err
+    code, _, err = toy.cli(["distill", "mkdt"], base, ["distill.init="])
+    assert code == 2 and "distill.init must be" in err and err.count("\n") == 1
+    # The selection (and the experts) index another subset of the train split: refused in one
+    # line naming the field, instead of indexing other images.
+    _copy_inputs(base, tmp_path / "subset")
+    code, _, err = toy.cli(["distill", "mkdt"], tmp_path / "subset", ["data.train_subset=30"])
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "made differently" in last and "train_subset: 0 there, 30 here" in last
 
 
 @pytest.mark.parametrize("setting, names", [

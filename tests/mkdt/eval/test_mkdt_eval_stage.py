@@ -2,6 +2,7 @@
 data is skipped with its reason, a rerun reuses what is done, bad inputs are one-line errors."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -68,6 +69,14 @@ def test_eval_writes_every_row_and_fraction_and_resumes(distilled, monkeypatch):
     recorded = json.loads((workdir / "mkdt_eval" / "config.json").read_text())
     assert recorded["distill"] == {"percent": 50} and recorded["experts"] == {"representations": ""}
     assert json.loads((workdir / "mkdt_eval" / "results.json").read_text()) == report
+
+    # A newer distilled set appears (distillation went on): the mkdt row's encoders and results
+    # were made from iter_000004, so they are not silently reused for the new latest set.
+    newer = find_synset(workdir).with_name("iter_000009")
+    shutil.copytree(find_synset(workdir), newer)
+    code, _, err = toy.cli(["eval", "mkdt"], workdir, EVAL + [extra, rows])
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "iter_000004" in last and "iter_000009" in last and "row 'mkdt'" in last
 
 
 def test_the_same_seeds_reproduce_the_same_result_in_another_workdir(distilled, tmp_path):
