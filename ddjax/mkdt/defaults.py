@@ -91,7 +91,7 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
         "stability_iterations": 20,     # power iterations per sharpness estimate
         # Divergence guards: stop with one line naming the setting when a synthetic pixel
         # (normalised units) exceeds max_image_abs or the learned lr leaves (0, max_lr_ratio * lr_init].
-        "max_image_abs": 1000.0,
+        "max_image_abs": 1e6,
         "max_lr_ratio": 100.0,
         "inner_dtype": "float32",       # 'bfloat16': inner loop in bf16 (option)
         "remat": True,                  # jax.checkpoint the unrolled step (memory flat in syn_steps)
