@@ -10,6 +10,7 @@ Each configuration runs in its own process, so its peak resident memory is its o
 
     python experiments/bench_distill.py --syn-steps 10 20 40 80            # sweep, both impls
     python experiments/bench_distill.py --one jax --syn-steps 40            # one configuration
+    python experiments/bench_distill.py --impls jax --syn-steps 10 --stability  # + one stability check
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ def data(num_syn: int, dim: int, seed: int = 0):
             rng.normal(size=(num_syn, dim)).astype(np.float32))
 
 
-def time_jax(args) -> list[float]:
+def time_jax(args) -> tuple[list[float], dict]:
+    import functools
+
     import jax
     import jax.numpy as jnp
 
     from ddjax.mkdt.mtt import make_meta_loss, make_outer_step, masked_mse, outer_optimizer
+    from ddjax.mkdt.stability import unroll_stability
     from ddjax.models import build_model
     from ddjax.models.registry import dummy_input
 
@@ -66,10 +70,22 @@ def time_jax(args) -> list[float]:
         syn, opt_state, loss, _ = step(syn, opt_state, *arguments)
         jax.block_until_ready(syn)
         times.append(time.perf_counter() - begin)
-    return times
+    extra = {}
+    if args.stability:  # what `distill mkdt` adds every distill.stability_every iterations
+        check = jax.jit(functools.partial(unroll_stability, masked_mse(model.apply), iterations=20,
+                                          inner_dtype=dtype))
+        check_times = []
+        for _ in range(2):  # the first call compiles
+            begin = time.perf_counter()
+            jax.block_until_ready(check(syn, start, jnp.asarray(idx), jnp.asarray(mask),
+                                        jax.random.key(2)))
+            check_times.append(time.perf_counter() - begin)
+        extra = {"stability_check_s": round(check_times[1], 2),
+                 "stability_check_over_iteration": round(check_times[1] / min(times[1:]), 2)}
+    return times, extra
 
 
-def time_torch(args) -> list[float]:
+def time_torch(args) -> tuple[list[float], dict]:
     import torch
     import torch.nn.functional as F
 
@@ -122,16 +138,17 @@ def time_torch(args) -> list[float]:
         for optimizer in optimizers:
             optimizer.step()
         times.append(time.perf_counter() - begin)
-    return times
+    return times, {}
 
 
 def run_one(args) -> None:
-    times = (time_jax if args.one == "jax" else time_torch)(args)
+    times, extra = (time_jax if args.one == "jax" else time_torch)(args)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
     print(json.dumps({"impl": args.one, "syn_steps": args.syn_steps, "num_syn": args.num_syn,
                       "batch": args.batch, "width": args.width, "inner_dtype": args.inner_dtype,
                       "remat": not args.no_remat, "experts_per_step": args.experts_per_step, "first_call_s": round(times[0], 2),
-                      "seconds_per_iteration": round(min(times[1:]), 2), "peak_rss_gib": round(peak_gib, 2)}),
+                      "seconds_per_iteration": round(min(times[1:]), 2), "peak_rss_gib": round(peak_gib, 2),
+                      **extra}),
           flush=True)
 
 
@@ -145,6 +162,8 @@ def sweep(args) -> None:
                        "--experts-per-step", str(args.experts_per_step)]
             if args.no_remat:
                 command.append("--no-remat")
+            if args.stability:
+                command.append("--stability")
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             results[(impl, steps)] = json.loads(out.strip().splitlines()[-1])
             print(out.strip().splitlines()[-1], flush=True)
@@ -174,6 +193,8 @@ def main() -> None:
     parser.add_argument("--conv-impl", default="auto")
     parser.add_argument("--no-remat", action="store_true")
     parser.add_argument("--experts-per-step", type=int, default=1, help="ddjax only: vmapped experts per step")
+    parser.add_argument("--stability", action="store_true",
+                        help="ddjax only: also time one stability check (mkdt/stability.py)")
     args = parser.parse_args()
     if args.one:
         args.syn_steps = args.syn_steps[0]
