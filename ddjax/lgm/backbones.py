@@ -14,11 +14,21 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from ddjax.artifacts.teacher import TEACHER
+from ddjax.artifacts.teacher import TEACHER, read_meta
 from ddjax.backbones import Backbone, load_backbone  # the package registers the imported ViTs
 from ddjax.errors import DdjaxError
 
 _TAG_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def backbone_identity(spec: str) -> str:
+    """What LGM's sets record as their backbone: a ddjax teacher by the digest of its weights (a
+    moved workdir or a relative path still matches; another teacher at the same path does not),
+    any other backbone by its spec."""
+    family, _, argument = spec.partition(":")
+    if family == "ddjax" and argument:
+        return f"ddjax teacher {read_meta(argument)['sha256']}"
+    return spec
 
 
 def backbone_entries(specs, workdir: str | Path) -> list[tuple[str, str]]:

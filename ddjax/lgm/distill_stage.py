@@ -23,7 +23,7 @@ from ddjax.data.pipeline import dataset_spec, load_split
 from ddjax.errors import DdjaxError
 from ddjax.lgm import pyramid
 from ddjax.lgm.augment import check_mode
-from ddjax.lgm.backbones import backbone_entries, load_checked
+from ddjax.lgm.backbones import backbone_entries, backbone_identity, load_checked
 from ddjax.lgm.step import PROBE_GRADS, LgmProblem, lgm_optimizer, make_train_step
 from ddjax.runlog import print_summary, progress
 from ddjax.viz import save_image_grid
@@ -98,7 +98,8 @@ def distill_one(stage: Stage, tag: str, spec: str, images: np.ndarray, labels: n
     if not lgm.syn_res and images.shape[1] != images.shape[2]:
         raise DdjaxError(f"train images are {images.shape[1]}x{images.shape[2]}; set lgm.syn_res")
     syn_res = lgm.syn_res or images.shape[1]
-    identity = {"dataset": data_spec.name, "backbone": spec, "ipc": lgm.ipc, "syn_res": syn_res}
+    identity = {"dataset": data_spec.name, "backbone": backbone_identity(spec), "ipc": lgm.ipc,
+                "syn_res": syn_res}
     if LGM_SET.is_complete(set_dir):
         meta = LGM_SET.read_meta(set_dir)
         LGM_SET.check(meta, identity, set_dir)

@@ -24,7 +24,7 @@ from ddjax.errors import DdjaxError
 from ddjax.lgm import tables as lgm_tables
 from ddjax.lgm.alignment import mutual_knn_alignment
 from ddjax.lgm.augment import check_mode
-from ddjax.lgm.backbones import backbone_entries, load_checked
+from ddjax.lgm.backbones import backbone_entries, backbone_identity, load_checked
 from ddjax.lgm.baselines import centroid_indices, neighbor_indices, random_real_indices
 from ddjax.lgm.probe import (embed_images, make_embedder, probe_lr, topk_accuracy,
                              train_probes)
@@ -115,7 +115,7 @@ def _distilled_sets(inputs: EvalInputs, seeds: list[int]) -> dict[str, dict]:
     for tag in inputs.distill_tags:
         directory = LGM_SET.locate(inputs.stage.workdir, tag=tag)
         LGM_SET.check(LGM_SET.read_meta(directory),
-                      {"dataset": inputs.spec.name, "backbone": inputs.specs[tag],
+                      {"dataset": inputs.spec.name, "backbone": backbone_identity(inputs.specs[tag]),
                        "ipc": inputs.stage.config.lgm.ipc}, directory)
         sets[f"lgm_{tag}"] = {"directory": directory, "seeds": seeds, "group": "lgm", "source": tag,
                               "artifact": LGM_SET}
@@ -159,7 +159,8 @@ def build_sets(inputs: EvalInputs) -> dict[str, dict]:
             if method not in ev.baselines:
                 continue
             name = f"{method}_{tag}"
-            identity = dict(identity, method=method, backbone=inputs.specs[tag], tag=tag)
+            identity = dict(identity, method=method, backbone=backbone_identity(inputs.specs[tag]),
+                            tag=tag)
             directory = _baseline_set(inputs, name, identity, lambda pick=pick, tag=tag: pick(tag))
             sets[name] = {"directory": directory, "seeds": probe_seeds, "group": method,
                           "source": tag, "artifact": BASELINE_SET}
