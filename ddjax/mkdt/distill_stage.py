@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddjax.artifacts.selection import METHODS, selection_indices
-from ddjax.artifacts.synset import SYNSET, write_synset
+from ddjax.artifacts.synset import GRID, SYNSET, write_synset
 from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
 from ddjax.checkpoint import RunCheckpointer, numpy_rng_from_state, numpy_rng_state
 from ddjax.data.transforms import denormalize, zca_digest, zca_unwhiten
@@ -246,6 +246,6 @@ def run(stage: Stage) -> dict:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(syn['lr']):.4g}")
     final = SYNSET.locate(stage.workdir, iteration=iteration)
-    return print_summary("distill", stage.workdir, {"synset": final, "grid": final / "grid.png"},
+    return print_summary("distill", stage.workdir, {"synset": final, "grid": final / GRID},
                          mode=d.mode, iterations=iteration, num_syn=len(indices), loss=loss,
                          lr=float(syn["lr"]))
