@@ -9,6 +9,8 @@ high-loss set (with 20 steps the exact meta-gradient of this small setting explo
 on two DSA views, ``mtt_ssl`` distillation from the random 2% subset; no teacher needed.
 ``lgm``: LGM, 1 image per class for the same teacher as a frozen backbone; 1,201 steps with a
 pyramid level every 100 (the reference: 5,001 and 200), full-data probe on cached features.
+``repro``: the issue-15 reproduction (docs/results.md): the same student and sizes with a stronger
+teacher, 40 epochs of the same recipe (~2.5 h of 2 cores), k-NN every 5 epochs.
 ``lgm_cross``: three encoders (bt32: this teacher; bt16: the smoke teacher; init32: an untrained
 ConvNet-BN w32), each distilled and probed with every encoder, and their alignment.
 
@@ -28,7 +30,14 @@ CROSS_BACKBONES = ("bt32=ddjax:workdirs/lgm_cifar10_cpu/teacher",
                    "init32=ddjax:workdirs/lgm_init32/teacher")
 
 
+REPRO_TEACHER = {**TEACHER, "epochs": 40, "warmup_epochs": 2, "knn_every": 5}
+
+
 def get_config(run: str = "mkdt"):
+    if run == "repro":
+        config = get_config("mkdt")
+        config.teacher.update(REPRO_TEACHER)
+        return config
     if run in ("mkdt", "mtt_ssl"):
         config = mkdt_config("cifar10", 2)
         config.model.update({"name": "convnet", "width": 32})
@@ -48,6 +57,6 @@ def get_config(run: str = "mkdt"):
             config.lgm.backbones = CROSS_BACKBONES
             config.lgm_eval.baselines = ("random", "centroids", "full")
     else:
-        raise DdjaxError(f"experiments/cpu_cifar10.py takes mkdt, mtt_ssl, lgm or lgm_cross, got {run!r}")
+        raise DdjaxError(f"experiments/cpu_cifar10.py takes mkdt, mtt_ssl, repro, lgm or lgm_cross, got {run!r}")
     config.teacher.update(TEACHER)
     return config
