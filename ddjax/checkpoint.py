@@ -142,6 +142,14 @@ class RunCheckpointer:
         self.close()
 
 
+def _this_process_only() -> ocp.StandardCheckpointer:
+    """A checkpointer that neither waits for nor writes with other processes: artifacts are
+    written by one process and read by each on its own (ddjax.artifacts)."""
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}))
+
+
 def save_pytree(path: str | Path, tree: Any) -> Path:
     """Save one pytree artifact (e.g. representations, a distilled set) atomically at ``path``.
 
@@ -150,7 +158,7 @@ def save_pytree(path: str | Path, tree: Any) -> Path:
     path = Path(path).absolute()
     if path.exists():
         raise DdjaxError(f"{path} already exists; remove it or choose another output path")
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _this_process_only() as checkpointer:
         checkpointer.save(path, _keys_to_data(tree))
         checkpointer.wait_until_finished()
     return path
@@ -161,7 +169,7 @@ def load_pytree(path: str | Path, template: Any | None = None) -> Any:
     path = Path(path).absolute()
     if not path.exists():
         raise DdjaxError(f"artifact {path} does not exist; run the stage that writes it first")
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _this_process_only() as checkpointer:
         if template is None:
             return checkpointer.restore(path)
         return _data_to_keys(checkpointer.restore(path, _restore_target(template)), template)

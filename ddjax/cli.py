@@ -46,6 +46,14 @@ def _data_grid(args: argparse.Namespace) -> None:
     print(json.dumps({"grid": str(path), "images": int(len(picks))}))
 
 
+def _report(args: argparse.Namespace) -> None:
+    from ddjax.report import write_report
+    from ddjax.runlog import print_summary
+
+    index = write_report(args.workdir)
+    print_summary("report", args.workdir, {"html": index, "markdown": index.parent / "report.md"})
+
+
 def _backbone(args: argparse.Namespace) -> None:
     from ddjax.backbones import commands
 
@@ -79,18 +87,35 @@ STAGE_COMMANDS = (
 
 
 def _run_stage(args: argparse.Namespace) -> None:
+    from ddjax import mesh
     from ddjax.config import load_config
     from ddjax.workdir import open_stage, read_fields, stage_reads
 
+    mesh.initialize(args.coordinator, args.num_processes, args.process_id)  # before any device use
     module_name, function = args.stage_target.split(":")
     module = importlib.import_module(module_name)
     command = "ddjax " + " ".join(args.stage_words)
     reads, record = stage_reads(module.READS, args.stage_words[-1])
-    config = read_fields(load_config(args.config, args.set), reads, f"`{command}`")
+    full = load_config(args.config, args.set)
+    config = read_fields(full, reads, f"`{command}`")
     if hasattr(module, "check_config"):  # refuse bad settings before they are recorded
         module.check_config(config)
+    # The layout is not recorded with the stage's settings: a run may resume on other devices.
+    mesh.build(full.get("mesh"))
     with open_stage(args.stage_name, config, args.workdir, command, record) as stage:
         getattr(module, function)(stage)
+    mesh.finish()
+
+
+def _add_process_flags(parser: argparse.ArgumentParser) -> None:
+    """One process of a multi-process run (jax.distributed); on a TPU pod or in a SLURM job they
+    are found without flags. See docs/scaling.md."""
+    parser.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                        help="address of process 0's coordination service (multi-process runs)")
+    parser.add_argument("--num-processes", type=int, default=None, metavar="N",
+                        help="how many processes the run spans")
+    parser.add_argument("--process-id", type=int, default=None, metavar="I",
+                        help="this process's index, 0..N-1")
 
 
 def _add_stage_commands(commands) -> None:
@@ -109,6 +134,7 @@ def _add_stage_commands(commands) -> None:
                            help=f"pipeline directory; this stage writes <workdir>/{directory}")
         stage.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                            help="override a config field, e.g. --set experts.num_experts=4 (repeatable)")
+        _add_process_flags(stage)
         stage.set_defaults(handler=_run_stage, stage_target=target, stage_name=directory,
                            stage_words=words)
 
@@ -152,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     about.add_argument("name", nargs="?", default=None)
     for action in (imp, about):
         action.set_defaults(handler=_backbone)
+
+    report = commands.add_parser("report", help="write W/report/: figures of every stage's metrics, "
+                                                 "the result tables as charts, grids of the distilled sets")
+    report.add_argument("workdir", help="a pipeline directory (--workdir of the stages)")
+    report.set_defaults(handler=_report)
 
     _add_stage_commands(commands)
     return parser

@@ -1,4 +1,4 @@
-"""Config sections every method shares: the seed, the dataset and the SSL teacher.
+"""Config sections every method shares: the seed, the device mesh, the dataset and the SSL teacher.
 
 ``base_config(dataset)`` starts a pipeline config; ``ddjax.mkdt.defaults`` and
 ``ddjax.lgm.defaults`` add their own sections to it, with the reference's values.
@@ -13,6 +13,9 @@ def base_config(dataset: str, seed: int = 0) -> ml_collections.ConfigDict:
     """``seed``, ``data`` and ``teacher`` sections for ``dataset``."""
     config = ml_collections.ConfigDict()
     config.seed = seed
+    # Device layout (ddjax.mesh): axis name -> size, -1 = the remaining devices. Not part of any
+    # stage's recorded settings, so a run may resume on another device count.
+    config.mesh = ml_collections.ConfigDict({"data": -1})
     config.data = ml_collections.ConfigDict({
         "name": dataset,
         "archive": "",          # empty: $DDJAX_ARCHIVE_DIR, else ../shared/data beside the repo

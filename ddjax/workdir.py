@@ -23,6 +23,7 @@ from typing import Iterator
 
 import ml_collections
 
+from ddjax import mesh
 from ddjax.config import CONFIG_FILE_NAME, record_config
 from ddjax.errors import DdjaxError
 from ddjax.runlog import MetricsLog
@@ -44,7 +45,8 @@ class Stage:
 
     @functools.cached_property
     def metrics(self) -> MetricsLog:
-        return MetricsLog(self.directory, self.name)
+        return MetricsLog(self.directory, self.name, primary=mesh.is_primary(),
+                          header={"mesh": mesh.describe()})
 
     
 
@@ -110,11 +112,19 @@ def _holder(text: str) -> str:
 def open_stage(name: str, config: ml_collections.ConfigDict, workdir: str | Path,
                command: str, record: str = CONFIG_FILE_NAME) -> Iterator[Stage]:
     """Lock ``<workdir>/<name>``, record ``config`` (the fields the stage reads, from
-    ``read_fields``) there as ``record``, and yield the stage."""
+    ``read_fields``) there as ``record``, and yield the stage. In a multi-process run the first
+    process locks and records; the others wait for it."""
     stage = Stage(name, config, Path(workdir).absolute())
-    with directory_lock(stage.directory, command):
-        record_config(stage.directory, config, record)
-        yield stage
+    with contextlib.ExitStack() as held:
+        if mesh.is_primary():
+            held.enter_context(directory_lock(stage.directory, command))
+            record_config(stage.directory, config, record)
+        mesh.barrier(f"open {stage.directory}")
+        try:
+            yield stage
+        finally:
+            if "metrics" in stage.__dict__:  # opened: close its event files and W&B run
+                stage.metrics.close()
 
 
 def stage_reads(reads, command_word: str) -> tuple[tuple[str, ...], str]:

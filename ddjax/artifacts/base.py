@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from ddjax import mesh
 from ddjax.checkpoint import load_pytree, save_pytree
 from ddjax.errors import DdjaxError
 from ddjax.runlog import write_json_atomic
@@ -53,9 +54,17 @@ class Artifact:
         """Write the artifact at ``directory``; ``extra(tmp_dir)`` adds files for people.
 
         Refuses to replace a complete artifact; a partial one (a killed write) is replaced.
-        Returns the meta as written.
+        Returns the meta as written. Every process of a run calls it; the first one writes.
         """
         directory = Path(directory)
+        arrays = None if arrays is None else mesh.fetch(arrays)  # sharded leaves: gathered by all
+        if mesh.is_primary():
+            meta = self._write(directory, meta, arrays, extra)
+        mesh.barrier(f"artifact {directory}")
+        return dict(meta, artifact=self.name, format=FORMAT)
+
+    def _write(self, directory: Path, meta: dict, arrays: Any,
+               extra: Callable[[Path], None] | None) -> dict:
         if self.is_complete(directory):
             raise DdjaxError(f"{directory} already holds a complete {self.name}; it is not "
                              "replaced: remove it or use another --workdir")

@@ -9,9 +9,13 @@ and a killed run keeps every epoch already written. See docs/mkdt.md#experts.
 
 from __future__ import annotations
 
+import collections
 import re
 from pathlib import Path
 from typing import Any
+
+import jax
+import numpy as np
 
 from ddjax.artifacts.base import Artifact, finish
 from ddjax.checkpoint import load_pytree, save_pytree
@@ -86,3 +90,26 @@ class TrajectoryStore:
 
     def expert_summary(self, expert: int) -> dict:
         return EXPERT.read_meta(self._expert_dir(expert))
+
+
+class EpochCache:
+    """An expert's epochs read once and kept in host memory, the least recently used dropped
+    beyond ``max_bytes``: distillation revisits the same few epochs of every expert, and a read
+    from disk per iteration would stall the device (docs/scaling.md#host-overhead)."""
+
+    def __init__(self, store: TrajectoryStore, max_bytes: int):
+        self.store, self.max_bytes, self.bytes = store, max_bytes, 0
+        self._kept: collections.OrderedDict[tuple[int, int], Any] = collections.OrderedDict()
+
+    def get(self, expert: int, epoch: int) -> Any:
+        key = (expert, epoch)
+        if key in self._kept:
+            self._kept.move_to_end(key)
+            return self._kept[key]
+        params = jax.tree.map(np.asarray, self.store.load_epoch(expert, epoch))
+        self._kept[key] = params
+        self.bytes += sum(leaf.nbytes for leaf in jax.tree.leaves(params))
+        while self.bytes > self.max_bytes and len(self._kept) > 1:
+            _, dropped = self._kept.popitem(last=False)
+            self.bytes -= sum(leaf.nbytes for leaf in jax.tree.leaves(dropped))
+        return params

@@ -10,9 +10,11 @@ after 0, every ``save_every`` and the last update. See docs/mkdt.md#trajectory-m
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,8 @@ import numpy as np
 
 from ddjax.artifacts.selection import METHODS, selection_indices
 from ddjax.artifacts.synset import GRID, SYNSET, write_synset
-from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
+from ddjax import mesh
+from ddjax.artifacts.trajectories import TRAJECTORIES, EpochCache, TrajectoryStore
 from ddjax.checkpoint import RunCheckpointer, numpy_rng_from_state, numpy_rng_state
 from ddjax.data.transforms import denormalize, zca_digest, zca_unwhiten
 from ddjax.errors import DdjaxError
@@ -73,12 +76,57 @@ def _check_store(store: TrajectoryStore, config, workdir, objective, spec, zca) 
     return experts
 
 
-def _expert_batch(store, picks, expert_epochs):
-    """Stacked start and target parameters of the picked (expert, start epoch) pairs."""
-    starts = [store.load_epoch(e, s) for e, s in picks]
-    targets = [store.load_epoch(e, s + expert_epochs) for e, s in picks]
-    stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-    return stack(starts), stack(targets)
+EXPERT_CACHE_BYTES = 2 << 30  # host memory for expert epochs (each read from disk once)
+
+
+class Plan(NamedTuple):
+    """One outer iteration's draws and inputs, placed on the mesh, and the samplers' state after
+    the draws (what the checkpoint after this iteration records)."""
+
+    picks: list
+    idx: jax.Array
+    mask: jax.Array
+    starts: Any
+    targets: Any
+    after: dict
+
+
+def _planner(d, cache: EpochCache, rng, cycle: ExpertCycle, batches: SyntheticBatches,
+             shard_experts: bool):
+    """``next_plan()``: draw the next iteration's experts, start epochs and minibatches (the
+    reference's order) and place their arrays. Called while the device runs the current step, so
+    reading expert epochs and the host-to-device copies overlap with it."""
+    place = mesh.shard if shard_experts else mesh.replicate
+    stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+    def next_plan() -> Plan:
+        picks = [(cycle.next(rng), int(rng.integers(0, d.max_start_epoch)))
+                 for _ in range(d.experts_per_step)]
+        idx, mask = zip(*[batches.next_steps(d.syn_steps, rng) for _ in picks])
+        after = copy.deepcopy({"rng": numpy_rng_state(rng), "cycle": cycle.state(),
+                               "batches": batches.state()})  # the samplers go on changing theirs
+        starts = stack([cache.get(e, s) for e, s in picks])
+        targets = stack([cache.get(e, s + d.expert_epochs) for e, s in picks])
+        return Plan(picks, *place((np.stack(idx), np.stack(mask), starts, targets)), after)
+
+    return next_plan
+
+
+def make_iteration_stats():
+    """Jitted figures of one update, fetched in one transfer: the guards' inputs and the logged
+    gradient norms and image change."""
+
+    @jax.jit
+    def stats(syn, new_syn, grads, init_images):
+        return {"lr": syn["lr"], "new_lr": new_syn["lr"],
+                "image_abs": jnp.max(jnp.abs(new_syn["images"])),
+                "targets_finite": jnp.isfinite(new_syn["targets"]).all() if "targets" in new_syn
+                else jnp.asarray(True),
+                "grad_norm": {k: jnp.sqrt(jnp.sum(g ** 2)) for k, g in grads.items()},
+                "image_change": jnp.sqrt(jnp.sum((new_syn["images"] - init_images) ** 2)
+                                         / jnp.sum(init_images ** 2))}
+
+    return stats
 
 
 def _kept(checkpoint: int | None) -> str:
@@ -87,17 +135,15 @@ def _kept(checkpoint: int | None) -> str:
     return f"{where} and the sets saved so far are kept"
 
 
-def check_divergence(d, iteration: int, loss: float, syn: dict, new_syn: dict,
-                     checkpoint: int | None) -> None:
+def check_divergence(d, iteration: int, loss: float, stats: dict, checkpoint: int | None) -> None:
     """One line naming the setting to change when update ``iteration`` diverged: a non-finite
     matching loss (the inner unroll at the current lr), a learned lr outside
     ``(0, max_lr_ratio * lr_init]``, synthetic images beyond ``max_image_abs`` or non-finite
-    targets. Raised before anything of that update is written; the settings are recorded, so the
-    advice is a rerun in a new --workdir."""
+    targets (``stats`` from ``make_iteration_stats``, on the host). Raised before anything of that
+    update is written; the settings are recorded, so the advice is a rerun in a new --workdir."""
     kept = _kept(checkpoint)
-    lr, new_lr, image_abs, targets_ok = map(float, jax.device_get((
-        syn["lr"], new_syn["lr"], jnp.max(jnp.abs(new_syn["images"])),
-        jnp.isfinite(new_syn["targets"]).all() if "targets" in new_syn else True)))
+    lr, new_lr, image_abs, targets_ok = (float(stats[k]) for k in
+                                         ("lr", "new_lr", "image_abs", "targets_finite"))
     check_finite(loss, f"the matching loss at iteration {iteration} (inner lr {lr:.4g})",
                  f"the student's unroll diverged: rerun in a new --workdir with a lower "
                  f"distill.lr_init ({d.lr_init:g}) or fewer distill.syn_steps ({d.syn_steps}); {kept}")
@@ -115,12 +161,12 @@ def check_divergence(d, iteration: int, loss: float, syn: dict, new_syn: dict,
                          f"new --workdir with a lower distill.lr_targets ({d.lr_targets:g}); {kept}")
 
 
-def _stability(monitor, syn, starts, idx, mask, aug_keys, key, iteration: int) -> dict:
+def _stability(monitor, syn, plan: Plan, aug_keys, key, iteration: int) -> dict:
     """The stability diagnostics of the first picked expert's unroll, for the metrics record;
     a one-line warning when the exact meta-gradient cannot be trusted."""
-    found = {k: float(v) for k, v in monitor(syn, jax.tree.map(lambda a: a[0], starts),
-                                             jnp.asarray(idx[0]), jnp.asarray(mask[0]),
-                                             key, aug_key=aug_keys[0]).items()}
+    found = {k: float(v) for k, v in mesh.fetch(monitor(
+        syn, jax.tree.map(lambda a: a[0], plan.starts), plan.idx[0], plan.mask[0], key,
+        aug_key=aug_keys[0])).items()}
     lr = float(syn["lr"])
     ok, message = stability.diagnose(lr, found["lambda_max_start"], found["lambda_max_end"],
                                      found["lr_growth"])
@@ -168,17 +214,23 @@ def run(stage: Stage) -> dict:
     if has_batch_stats(model, images.shape[1:3]):
         raise DdjaxError("distillation needs a student without BatchNorm (padded synthetic batches)")
 
-    syn = {"images": jnp.asarray(images[indices]), "lr": jnp.asarray(d.lr_init, jnp.float32)}
+    # Layout (docs/scaling.md): the learnables are replicated; the experts matched per step are
+    # split over the data axis when their count divides it, else each inner minibatch is.
+    shard_experts = d.experts_per_step > 1 and mesh.splits(d.experts_per_step)
+    syn = {"images": images[indices], "lr": np.asarray(d.lr_init, np.float32)}
     if targets_all is not None:
-        syn["targets"] = jnp.asarray(targets_all[indices])
+        syn["targets"] = targets_all[indices]
+    syn = mesh.replicate(syn)
     init_images = syn["images"]
     optimizer = outer_optimizer(d.lr_images, d.lr_targets if objective.learns_targets else 0.0,
                                 d.lr_lr, clip_norm=d.clip_grad_norm)
-    opt_state = optimizer.init(syn)
+    opt_state = mesh.replicate(optimizer.init(syn))
     inner_dtype = None if d.inner_dtype == "float32" else jnp.dtype(d.inner_dtype)
     inner_loss, augment = objective.inner_objective(model.apply, d, ssl)
-    meta_loss = make_meta_loss(inner_loss, remat=d.remat, inner_dtype=inner_dtype, augment=augment)
-    step_fn = make_outer_step(meta_loss, optimizer)
+    constrain = None if shard_experts else mesh.constrain_batch
+    meta_loss = make_meta_loss(inner_loss, remat=d.remat, inner_dtype=inner_dtype, augment=augment,
+                               constrain=constrain)
+    step_fn, stats_fn = make_outer_step(meta_loss, optimizer), make_iteration_stats()
     aug_base = jax.random.fold_in(jax.random.key(cfg.seed), 1)
     monitor_key = jax.random.fold_in(jax.random.key(cfg.seed), 2)
     monitor = jax.jit(functools.partial(stability.unroll_stability, inner_loss,
@@ -197,55 +249,55 @@ def run(stage: Stage) -> dict:
             cycle = ExpertCycle(experts, **meta["cycle"])
             batches = SyntheticBatches(len(indices), d.batch_syn, **meta["batches"])
         stage.metrics.rewind(iteration)
+        next_plan = _planner(d, EpochCache(store, EXPERT_CACHE_BYTES), rng, cycle, batches,
+                             shard_experts)
 
         def save_synset(k):
-            pixels = syn["images"] if zca is None else zca_unwhiten(syn["images"], zca)
-            write_synset(SYNSET.locate(stage.workdir, iteration=k), syn["images"],
+            host = mesh.fetch(syn)
+            pixels = host["images"] if zca is None else zca_unwhiten(host["images"], zca)
+            write_synset(SYNSET.locate(stage.workdir, iteration=k), host["images"],
                          denormalize(np.asarray(pixels), spec.mean, spec.std),
-                         syn["targets"] if "targets" in syn else labels[indices], syn["lr"], {
+                         host["targets"] if "targets" in host else labels[indices], host["lr"], {
                              "dataset": spec.name, "mean": list(spec.mean), "std": list(spec.std),
                              "zca": zca_digest(zca) if zca is not None else None, "iteration": k,
                              "mode": d.mode, "model": cfg.model.name, "model_kwargs": cfg.model.to_dict(),
                              "num_outputs": num_outputs, "ssl": ssl, "init": d.init,
-                             "init_indices": np.asarray(indices).tolist(), "lr": float(syn["lr"])})
+                             "init_indices": np.asarray(indices).tolist(), "lr": float(host["lr"])})
 
         # The set of the current state, unless already saved: the start, or a resumed run whose
         # checkpoint was followed by a kill before that iteration's set was complete.
         if iteration == 0 or due(iteration, d.save_every, d.iterations):
             save_synset(iteration)
         loss = None
+        plan = next_plan() if iteration < d.iterations else None
         with progress(total=d.iterations, initial=iteration, desc="distill") as bar:
             while iteration < d.iterations:
-                picks = [(cycle.next(rng), int(rng.integers(0, d.max_start_epoch)))
-                         for _ in range(d.experts_per_step)]
-                idx, mask = zip(*[batches.next_steps(d.syn_steps, rng) for _ in picks])
-                starts, targets = _expert_batch(store, picks, d.expert_epochs)
-                aug_keys = jax.random.split(jax.random.fold_in(aug_base, iteration), len(picks))
+                aug_keys = mesh.replicate(jax.random.split(jax.random.fold_in(aug_base, iteration),
+                                                           len(plan.picks)))
                 checks = {}
                 if d.stability_every and iteration % d.stability_every == 0:
-                    checks = _stability(monitor, syn, starts, idx, mask, aug_keys,
+                    checks = _stability(monitor, syn, plan, aug_keys,
                                         jax.random.fold_in(monitor_key, iteration), iteration)
-                new_syn, new_opt, loss, grads = step_fn(
-                    syn, opt_state, starts, targets, jnp.asarray(np.stack(idx)),
-                    jnp.asarray(np.stack(mask)), aug_keys)
+                new_syn, new_opt, loss, grads = step_fn(syn, opt_state, plan.starts, plan.targets,
+                                                        plan.idx, plan.mask, aug_keys)
+                stats = stats_fn(syn, new_syn, grads, init_images)
+                done, plan = plan, next_plan() if iteration + 1 < d.iterations else None
+                loss, stats = mesh.fetch((loss, stats))  # the one wait for the device
                 loss = float(loss)
-                check_divergence(d, iteration + 1, loss, syn, new_syn, resume.latest_step())
+                check_divergence(d, iteration + 1, loss, stats, resume.latest_step())
                 syn, opt_state, iteration = new_syn, new_opt, iteration + 1
                 stage.metrics.write(
-                    iteration, loss=loss, lr=syn["lr"], **checks, experts=[p[0] for p in picks],
-                    start_epochs=[p[1] for p in picks],
-                    grad_norm={k: float(jnp.sqrt(jnp.sum(g ** 2))) for k, g in grads.items()},
-                    image_change=float(jnp.sqrt(jnp.sum((syn["images"] - init_images) ** 2)
-                                                / jnp.sum(init_images ** 2))))
+                    iteration, loss=loss, lr=stats["new_lr"], **checks,
+                    experts=[p[0] for p in done.picks], start_epochs=[p[1] for p in done.picks],
+                    grad_norm=stats["grad_norm"], image_change=stats["image_change"])
                 if due(iteration, d.checkpoint_every, d.iterations):
                     resume.save(iteration, {"syn": syn, "opt": opt_state},
-                                {"iteration": iteration, "rng": numpy_rng_state(rng),
-                                 "cycle": cycle.state(), "batches": batches.state()})
+                                dict(done.after, iteration=iteration))
                 if due(iteration, d.save_every, d.iterations):
                     save_synset(iteration)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(syn['lr']):.4g}")
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(stats['new_lr']):.4g}")
     final = SYNSET.locate(stage.workdir, iteration=iteration)
     return print_summary("distill", stage.workdir, {"synset": final, "grid": final / GRID},
                          mode=d.mode, iterations=iteration, num_syn=len(indices), loss=loss,
-                         lr=float(syn["lr"]))
+                         lr=float(mesh.fetch(syn["lr"])))

@@ -60,15 +60,19 @@ def masked_barlow_twins(apply_fn: Callable, lambd: float = BARLOW_TWINS_LAMBDA) 
 
 
 def minibatch_loss(inner_loss: InnerLoss, images: jax.Array, targets: jax.Array | None, *,
-                   augment: Augment | None = None, aug_key: jax.Array | None = None, inner_dtype=None):
+                   augment: Augment | None = None, aug_key: jax.Array | None = None, inner_dtype=None,
+                   constrain: Callable[[jax.Array], jax.Array] | None = None):
     """``loss(params, (idx, mask, s))``: the inner loss on step s's synthetic minibatch:
     ``images[idx]`` (transformed by ``augment(fold_in(aug_key, s), x)`` when given), ``targets[idx]``
     (None for MTT-SSL) and the 0/1 ``mask``, computed in ``inner_dtype`` (e.g. ``jnp.bfloat16``)
-    when given while the parameters stay float32; None keeps float32 throughout (the reference)."""
+    when given while the parameters stay float32; None keeps float32 throughout (the reference).
+    ``constrain`` places the minibatch (``ddjax.mesh.constrain_batch``: split over devices)."""
 
     def loss(params, step_inputs):
         idx, mask, s = step_inputs
         x, y = images[idx], None if targets is None else targets[idx]
+        if constrain is not None:
+            x, y, mask = constrain(x), None if y is None else constrain(y), constrain(mask)
         if augment is not None:
             x = augment(jax.random.fold_in(aug_key, s), x)
         if inner_dtype is None:
@@ -99,12 +103,12 @@ def unroll_inputs(batch_idx_SB: jax.Array, mask_SB: jax.Array):
 def unroll(inner_loss: InnerLoss, params0: Params, images: jax.Array, targets: jax.Array | None,
            lr: jax.Array, batch_idx_SB: jax.Array, mask_SB: jax.Array, *,
            remat: bool = True, inner_dtype=None, augment: Augment | None = None,
-           aug_key: jax.Array | None = None) -> Params:
+           aug_key: jax.Array | None = None, constrain=None) -> Params:
     """``θ_N`` after ``S = len(batch_idx_SB)`` steps ``θ ← θ − lr·∇L(θ; X[idx], Y[idx])`` (see
-    ``minibatch_loss`` for the targets, ``augment`` and ``inner_dtype``), as a ``lax.scan`` whose
-    body is ``jax.checkpoint``-ed when ``remat``."""
+    ``minibatch_loss`` for the targets, ``augment``, ``inner_dtype`` and ``constrain``), as a
+    ``lax.scan`` whose body is ``jax.checkpoint``-ed when ``remat``."""
     step = inner_step(inner_loss, images, targets, augment=augment, aug_key=aug_key,
-                      inner_dtype=inner_dtype)
+                      inner_dtype=inner_dtype, constrain=constrain)
 
     def body(params, step_inputs):
         return step(params, lr, step_inputs), None
@@ -125,14 +129,14 @@ def match_loss(params_N: Params, params_start: Params, params_target: Params) ->
 
 
 def make_meta_loss(inner_loss: InnerLoss, *, remat: bool = True, inner_dtype=None,
-                   augment: Augment | None = None):
+                   augment: Augment | None = None, constrain=None):
     """``meta_loss(syn, start, target, idx_SB, mask_SB, aug_key)``; ``syn`` = {images, targets, lr},
     without ``targets`` for inner losses that have none (MTT-SSL)."""
 
     def meta_loss(syn, params_start, params_target, batch_idx_SB, mask_SB, aug_key=None):
         params_N = unroll(inner_loss, params_start, syn["images"], syn.get("targets"), syn["lr"],
                           batch_idx_SB, mask_SB, remat=remat, inner_dtype=inner_dtype,
-                          augment=augment, aug_key=aug_key)
+                          augment=augment, aug_key=aug_key, constrain=constrain)
         return match_loss(params_N, params_start, params_target)
 
     return meta_loss

@@ -26,7 +26,7 @@ def _indices(workdir, method="high_loss"):
 
 
 def _metrics(workdir):
-    return [{k: v for k, v in json.loads(line).items() if k != "time"}
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "mesh")}
             for line in (workdir / "distill" / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -26,7 +26,7 @@ def _trajectories(workdir):
 
 
 def _metrics(workdir, stage):
-    return [{k: v for k, v in json.loads(line).items() if k != "time"}
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "mesh")}
             for line in (workdir / stage / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -1,0 +1,209 @@
+"""The one owner of device layout: starting a multi-process run, the device mesh, placing arrays.
+
+A run spans processes when the command gets ``--coordinator/--num-processes/--process-id`` (or
+JAX detects a TPU pod or a SLURM job): :func:`initialize` calls ``jax.distributed.initialize``
+before anything touches a device. :func:`build` makes the process's one ``Mesh`` from the config's
+``mesh`` section (axis name -> size, -1 = the remaining devices; default: every global device on
+one ``data`` axis). Stages shard along :data:`DATA` and read the mesh with :func:`current`; what
+each stage shards, and why, is in docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ddjax.errors import DdjaxError
+
+DATA = "data"
+DEFAULT_AXES = {DATA: -1}
+HEARTBEAT_SECONDS = 20  # a peer process that died is noticed within about this long
+_MESH: list[Mesh] = []  # the process's mesh, once built
+_FINISHING = threading.Event()  # set once every process passed the final barrier
+
+
+def _cluster_detected() -> bool:
+    """True inside a multi-task SLURM job or on a multi-host TPU slice, where
+    ``jax.distributed.initialize()`` finds coordinator, process count and id itself."""
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", os.environ.get("SLURM_NPROCS", "1")) or 1)
+    tpu_hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+    return ("SLURM_JOB_ID" in os.environ and slurm_tasks > 1) or len(tpu_hosts) > 1
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """Join a multi-process run (all three flags, or a detected TPU pod / SLURM job); a lone
+    process does nothing. Must run before the first JAX computation."""
+    given = (coordinator, num_processes, process_id)
+    if any(v is not None for v in given):
+        if any(v is None for v in given):
+            raise DdjaxError("--coordinator, --num-processes and --process-id go together; give all "
+                             "three (e.g. --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0)")
+        if not 0 <= process_id < num_processes:
+            raise DdjaxError(f"--process-id must be in 0..{num_processes - 1} for --num-processes "
+                             f"{num_processes}, got {process_id}")
+        if num_processes == 1:
+            return
+        _start(coordinator, num_processes, process_id)
+    elif _cluster_detected():
+        _start()
+
+
+def _start(*args) -> None:
+    # Recoverable tasks: a dead peer does not abort this process with a C++ stack trace; the
+    # watchdog below notices it and ends this process with one line instead.
+    jax.config.update("jax_enable_recoverability", True)
+    jax.distributed.initialize(*args, heartbeat_timeout_seconds=HEARTBEAT_SECONDS)
+    threading.Thread(target=_watch_peers, daemon=True, name="ddjax-peer-watch").start()
+
+
+def _watch_peers(every: float = 2.0) -> None:
+    """End this process with one line when another process of the run has stopped (a collective
+    with a dead peer would otherwise wait forever)."""
+    from jax._src import distributed  # the runtime client; no public API reports live peers yet
+
+    client, count = distributed.global_state.client, jax.process_count()
+    while not _FINISHING.is_set():
+        time.sleep(every)
+        try:
+            live = client.get_live_nodes(list(range(count)))
+        except Exception:  # noqa: BLE001 - the coordinator itself is gone
+            live = {}
+        if len(live) < count and not _FINISHING.is_set():
+            gone = sorted(set(range(count)) - set(live)) or "the coordinator"
+            print(f"\nddjax: error: process {gone} of this {count}-process run stopped; this process "
+                  f"({jax.process_index()}) stops too; rerun every process with the same --workdir "
+                  "to resume from the last checkpoint", file=sys.stderr, flush=True)
+            os._exit(3)
+
+
+def finish() -> None:
+    """Wait for every process at the end of a command, then let them exit one by one without
+    the watchdog taking a finished peer for a dead one."""
+    barrier("ddjax finish")
+    _FINISHING.set()
+
+
+def build(axes: Mapping[str, int] | None = None) -> Mesh:
+    """The process's mesh from ``axes`` (name -> size, one size may be -1); built once."""
+    axes = dict(axes or DEFAULT_AXES)
+    if DATA not in axes:
+        raise DdjaxError(f"the mesh section must name a {DATA!r} axis (the one stages shard along), "
+                         f"got {sorted(axes)}; e.g. --set mesh.{DATA}=-1")
+    count = jax.device_count()
+    sizes = dict(axes)
+    free = [name for name, size in sizes.items() if size == -1]
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if len(free) > 1 or any(size == 0 or size < -1 for size in sizes.values()) or \
+            (free and count % fixed) or (not free and fixed != count):
+        raise DdjaxError(f"mesh axes {axes} do not fit {count} devices: sizes must multiply to "
+                         f"{count}, with at most one -1 (the rest)")
+    for name in free:
+        sizes[name] = count // fixed
+    # Auto axes: jit propagates the placements of inputs and constraints (GSPMD).
+    mesh = jax.make_mesh(tuple(sizes.values()), tuple(sizes),
+                         axis_types=(jax.sharding.AxisType.Auto,) * len(sizes))
+    _MESH[:] = [mesh]
+    return mesh
+
+
+def is_built() -> bool:
+    return bool(_MESH)
+
+
+def current() -> Mesh:
+    """The mesh :func:`build` made (the default one when nothing built it, e.g. in a library
+    call outside a stage)."""
+    return _MESH[0] if _MESH else build()
+
+
+def describe(mesh: Mesh | None = None) -> dict:
+    """``{"devices", "processes", "shape"}`` for summaries and metrics."""
+    mesh = mesh or current()
+    return {"devices": int(mesh.devices.size), "processes": jax.process_count(),
+            "shape": {name: int(size) for name, size in mesh.shape.items()}}
+
+
+def data_size(mesh: Mesh | None = None) -> int:
+    """How many ways the data axis splits a batch."""
+    return int((mesh or current()).shape[DATA])
+
+
+def replicated(mesh: Mesh | None = None) -> NamedSharding:
+    return NamedSharding(mesh or current(), PartitionSpec())
+
+
+def along_data(mesh: Mesh | None = None) -> NamedSharding:
+    """The leading axis split over the data axis, the rest replicated."""
+    return NamedSharding(mesh or current(), PartitionSpec(DATA))
+
+
+def splits(n: int, mesh: Mesh | None = None) -> bool:
+    """True when a leading axis of ``n`` divides evenly over the data axis."""
+    return n % data_size(mesh) == 0
+
+
+def _put(x: Any, sharding: NamedSharding) -> jax.Array:
+    """``x`` (the same value on every process) placed with ``sharding``; a typed key as its data."""
+    if isinstance(x, jax.Array):
+        if x.sharding == sharding:
+            return x
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding),
+                                            impl=jax.random.key_impl(x))
+        if jax.process_count() > 1 and x.is_fully_addressable:  # a process-local array
+            x = np.asarray(x)
+    return jax.device_put(x, sharding)
+
+
+def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
+    """Every leaf (the same on every process) copied to every device of the mesh."""
+    return jax.tree.map(lambda x: _put(x, replicated(mesh)), tree)
+
+
+def shard(tree: Any, mesh: Mesh | None = None) -> Any:
+    """Every leaf's leading axis split over the data axis (replicated where it does not divide).
+    Each process passes the whole host array; it keeps only its devices' rows."""
+    def place(x):
+        return _put(x, along_data(mesh) if np.ndim(x) and splits(np.shape(x)[0], mesh)
+                    else replicated(mesh))
+
+    return jax.tree.map(place, tree)
+
+
+def constrain_batch(x: jax.Array, mesh: Mesh | None = None) -> jax.Array:
+    """Inside ``jit``: ask for ``x``'s leading (batch) axis split over the data axis, when it
+    divides; a no-op on one device."""
+    if data_size(mesh) == 1 or not splits(x.shape[0], mesh):
+        return x
+    return jax.lax.with_sharding_constraint(x, along_data(mesh))
+
+
+def fetch(tree: Any) -> Any:
+    """Host numpy copies of every leaf, whole on every process (sharded leaves are gathered)."""
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(get, tree)
+
+
+def is_primary() -> bool:
+    """True on the process that writes files (artifact metadata, metrics, logs)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches ``name`` (nothing on one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
