@@ -9,6 +9,7 @@ import json
 import shutil
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -104,3 +105,45 @@ def test_killed_process_stops_its_peer_and_the_run_resumes_on_one_device(toy_pip
     _assert_same_set(straight, killed, 30)
     steps = [r["step"] for r in _metrics(killed)]
     assert steps == list(range(1, 31))
+
+
+TEACHER = ["teacher.batch_size=8", "teacher.model_kwargs.width=4", "teacher.projector_hidden_dims=(16,)",
+           "teacher.projector_output_dim=16", "teacher.epochs=2", "teacher.knn_every=1"]
+
+
+def test_teacher_on_8_devices_equals_1_device(toy_pipeline, tmp_path):
+    """Data parallel: the batch split over 8 devices, BatchNorm statistics over the global batch."""
+    from ddjax.artifacts.teacher import TEACHER as TEACHER_ARTIFACT
+    from ddjax.checkpoint import load_pytree
+
+    toy, one, eight = toy_pipeline, tmp_path / "one", tmp_path / "eight"
+    code, out, err = toy.cli(["teacher"], one, TEACHER)
+    assert code == 0, err
+    config = str(REPO / "experiments" / "smoke.py")
+    [(_, out8, _)] = run_layout(stage_args(["teacher"], eight, [*toy.overrides, *TEACHER], config),
+                                devices=8)
+    assert json.loads(out8.strip().splitlines()[-1])["mesh"]["devices"] == 8
+    a = load_pytree(TEACHER_ARTIFACT.locate(one) / "arrays")
+    b = load_pytree(TEACHER_ARTIFACT.locate(eight) / "arrays")
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+        assert relative_error(x, y) <= TOLERANCE, jax.tree_util.keystr(path)
+
+
+def test_experts_on_8_devices_equal_1_device(toy_pipeline, tmp_path):
+    """A group of 8 experts split over 8 devices, one per device; every trajectory written once."""
+    from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
+
+    toy, one, eight = toy_pipeline, tmp_path / "one", tmp_path / "eight"
+    experts = ["experts.num_experts=8", "experts.experts_per_program=8"]
+    for workdir in (one, eight):
+        toy.write_reps(workdir)
+    code, _, err = toy.cli(["experts"], one, experts)
+    assert code == 0, err
+    config = str(REPO / "experiments" / "smoke.py")
+    run_layout(stage_args(["experts"], eight, [*toy.overrides, *experts], config), devices=8)
+    a, b = (TrajectoryStore.open(TRAJECTORIES.locate(w)) for w in (one, eight))
+    assert a.complete_experts() == b.complete_experts() == list(range(8))
+    for e in range(8):
+        for epoch in a.meta["kept_epochs"]:
+            for x, y in zip(*(jax.tree.leaves(s.load_epoch(e, epoch)) for s in (a, b))):
+                assert relative_error(x, y) <= TOLERANCE

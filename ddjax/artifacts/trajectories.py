@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ddjax import mesh
 from ddjax.artifacts.base import Artifact, finish
 from ddjax.checkpoint import load_pytree, save_pytree
 from ddjax.errors import DdjaxError
@@ -46,8 +47,11 @@ class TrajectoryStore:
             store = cls.open(root)
             store.check_compatible(meta)
             return store
-        root.mkdir(parents=True, exist_ok=True)
-        return cls(root, finish(root, TRAJECTORIES, meta))
+        if mesh.is_primary():
+            root.mkdir(parents=True, exist_ok=True)
+            meta = finish(root, TRAJECTORIES, meta)
+        mesh.barrier(f"store {root}")
+        return cls.open(root)
 
     @classmethod
     def open(cls, root: str | Path) -> "TrajectoryStore":
@@ -68,8 +72,9 @@ class TrajectoryStore:
         return self._epoch_dir(expert, epoch).exists()
 
     def save_epoch(self, expert: int, epoch: int, params: Any) -> None:
-        """Write one snapshot; an existing one is kept (a resumed run recomputes the same values)."""
-        if not self.has_epoch(expert, epoch):
+        """Write one snapshot; an existing one is kept (a resumed run recomputes the same values).
+        Every process of a run calls it; process 0 writes."""
+        if mesh.is_primary() and not self.has_epoch(expert, epoch):
             save_pytree(self._epoch_dir(expert, epoch), params)
 
     def load_epoch(self, expert: int, epoch: int, template: Any | None = None) -> Any:
@@ -81,7 +86,9 @@ class TrajectoryStore:
 
     def mark_complete(self, expert: int, summary: dict) -> None:
         """Declare an expert complete (its every kept epoch written); ``summary`` is its meta."""
-        finish(self._expert_dir(expert), EXPERT, summary)
+        if mesh.is_primary():
+            finish(self._expert_dir(expert), EXPERT, summary)
+        mesh.barrier(f"expert {self._expert_dir(expert)}")
 
     def complete_experts(self) -> list[int]:
         """Indices of the complete experts, ascending."""

@@ -10,9 +10,9 @@ expert and continues the current group from its last finished epoch. See docs/mk
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from ddjax import mesh
 from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
 from ddjax.checkpoint import RunCheckpointer
 from ddjax.errors import DdjaxError
@@ -34,6 +34,14 @@ def check_config(config) -> None:
     objectives.check_experts(exp)
     if exp.epochs < 1 or exp.num_experts < 1 or exp.experts_per_program < 1 or exp.batch_size < 1:
         raise DdjaxError("experts.epochs, num_experts, experts_per_program and batch_size must be >= 1")
+
+
+def _save_epochs(store: TrajectoryStore, group: list[int], epoch: int, params_E) -> None:
+    """Each expert's parameters after ``epoch``, gathered to the host by every process and
+    written once (the store writes on process 0)."""
+    host = mesh.fetch(params_E)
+    for i, e in enumerate(group):
+        store.save_epoch(e, epoch, jax.tree.map(lambda x: x[i], host))
 
 
 def run(stage: Stage) -> dict:
@@ -64,7 +72,9 @@ def run(stage: Stage) -> dict:
     optimizer = torch_sgd(exp.lr, exp.momentum, exp.weight_decay)
     loss_fn, augment = objective.expert_objective(model.apply, exp, ssl)
     epoch_fn = make_student_epoch(loss_fn, optimizer, exp.batch_size, augment)
-    images_dev, targets_dev = jnp.asarray(images), jnp.asarray(targets)
+    # Layout (docs/scaling.md): the data replicated, a group's experts split over the data axis
+    # when the group divides it (else replicated: every device trains the whole group).
+    images_dev, targets_dev = mesh.replicate((images, targets))
     final_losses = {e: store.expert_summary(e)["final_loss"] for e in done}
     # One step per (group, epoch), unique in the stage: checkpoints and metrics share it.
     step_of = lambda group, epoch: group[0] * (exp.epochs + 1) + epoch  # noqa: E731
@@ -74,7 +84,7 @@ def run(stage: Stage) -> dict:
             group = todo[first:first + exp.experts_per_program]
             init_keys, data_keys, aug_keys = expert_keys(cfg.seed, group)
             params = jax.vmap(lambda k: model.init(k, dummy_input(image_size))["params"])(init_keys)
-            opt_state = jax.vmap(optimizer.init)(params)
+            params, opt_state = mesh.shard((params, jax.vmap(optimizer.init)(params)))
             start, loss_E = 0, np.full(len(group), np.nan)
             latest = resume.latest_step()
             # Only this group's checkpoints fit its state (another group may have another size).
@@ -86,19 +96,17 @@ def run(stage: Stage) -> dict:
                     loss_E = np.asarray(saved["loss"])
             stage.metrics.rewind(step_of(group, start))
             bar.update(start)
-            for i, e in enumerate(group):
-                store.save_epoch(e, 0, jax.tree.map(lambda x: np.asarray(x[i]), params))
+            _save_epochs(store, group, 0, params)
             for epoch in range(start, exp.epochs):
                 perms = epoch_permutations(data_keys, epoch, images.shape[0])
                 epoch_aug_keys = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(aug_keys)
                 params, _, opt_state, loss_E = epoch_fn(params, {}, opt_state, images_dev, targets_dev,
-                                                        perms, epoch_aug_keys)
-                loss_E = np.asarray(loss_E)
+                                                        *mesh.shard((perms, epoch_aug_keys)))
+                loss_E = mesh.fetch(loss_E)
                 check_finite(float(np.max(np.abs(loss_E))), f"the loss of experts {group} at epoch "
                              f"{epoch + 1}", "lower experts.lr")
                 if epoch + 1 in keep:
-                    for i, e in enumerate(group):
-                        store.save_epoch(e, epoch + 1, jax.tree.map(lambda x: np.asarray(x[i]), params))
+                    _save_epochs(store, group, epoch + 1, params)
                 stage.metrics.write(step_of(group, epoch + 1), experts=group, epoch=epoch + 1,
                                     loss=loss_E)
                 resume.save(step_of(group, epoch + 1), {"params": params, "opt": opt_state},

@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ddjax import mesh
 from ddjax.artifacts.teacher import (build_encoder, encoder_variables, feature_dim, is_complete,
                                      read_meta, write_artifact)
 from ddjax.checkpoint import RunCheckpointer
@@ -118,8 +119,10 @@ def _programs(model, recipe, steps_per_epoch: int, mean, std):
 
     @functools.partial(jax.jit, donate_argnums=0)
     def train_step(state, images_dev, perm, position, key):
+        # Data parallel: the batch split over the mesh's data axis; BatchNorm and the loss still
+        # see the global batch (jit computes the one-device program), docs/scaling.md.
         idx = jax.lax.dynamic_slice_in_dim(perm, position * batch, batch)
-        return step_fn(state, images_dev[idx], key)
+        return step_fn(state, mesh.constrain_batch(images_dev[idx]), key)
 
     @jax.jit
     def init(key, sample):
@@ -200,9 +203,9 @@ def _train(stage, recipe) -> dict:
                           recipe.warmup_init_lr, recipe.end_lr)
     base = jax.random.key(cfg.seed)
     init_key, order_key, view_key = (jax.random.fold_in(base, i) for i in range(3))
-    state = init(init_key, images[:1])
+    state = mesh.replicate(init(init_key, images[:1]))
     knn = KnnMonitor(stage, images, labels, spec)
-    images_dev = jax.device_put(images[train])
+    images_dev = mesh.replicate(images[train])
 
     def encoder_of(state):
         return encoder_variables(state.params["encoder"], state.batch_stats["encoder"])
@@ -228,6 +231,7 @@ def _train(stage, recipe) -> dict:
             for position in range(position, steps_per_epoch):
                 state, metrics = train_step(state, images_dev, perm, position,
                                             jax.random.fold_in(view_key, step))
+                metrics = mesh.fetch(metrics)
                 loss = check_finite(float(metrics["loss"]), f"the teacher loss at step {step + 1}",
                                     "lower teacher.lr")
                 meta["loss_sum"] += loss

@@ -180,7 +180,7 @@ def test_resumed_teacher_equals_uninterrupted(smoke_pipeline, cifar10_data_dir, 
     assert meta_a["knn_by_epoch"] == meta_b["knn_by_epoch"]
 
     def records(workdir):
-        return [{k: v for k, v in r.items() if k not in ("time", "train_seconds")} for r in
+        return [{k: v for k, v in r.items() if k not in ("time", "train_seconds", "mesh")} for r in
                 map(json.loads, (workdir / "teacher" / "metrics.jsonl").read_text().splitlines())]
 
     # No step twice, and every record (epoch means include the steps before the interruption)
