@@ -25,7 +25,7 @@ from ddjax.errors import DdjaxError
 TRAJECTORIES = Artifact(
     "expert trajectories", "experts/trajectories", "ddjax experts",
     identity=("dataset", "train_subset", "model", "model_kwargs", "loss", "teacher_sha256",
-              "num_params", "normalisation", "ssl"))
+              "num_params", "normalisation", "ssl", "standardize_targets"))
 # Relative to the store: an expert's directory, holding epoch_NNN/ snapshots (Orbax pytrees).
 EXPERT = Artifact("expert", "expert_{expert:04d}", "ddjax experts")
 _EPOCH = "epoch_{epoch:03d}"

@@ -50,6 +50,9 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
         # DSA views of each minibatch, no targets (the naive MTT-SSL baseline, MKDT's Appendix F)
         "loss": "mse",
         "representations": "",          # empty: <workdir>/represent/representations (an artifact dir)
+        # Option (not the reference): divide each target dimension by its RMS over the train split,
+        # for experts, selection, distillation and KD pre-training alike (docs/mkdt.md#options).
+        "standardize_targets": False,
         "num_experts": 100,
         "epochs": 20,
         "lr": 0.1,
@@ -84,6 +87,8 @@ def mkdt_config(dataset: str = "cifar10", percent: int = 2) -> ml_collections.Co
         "lr_init": 0.1,                 # initial inner lr (the experts' lr)
         "experts_per_step": 1,          # >1: vmapped meta-batch of experts (option)
         "clip_grad_norm": 0.0,          # >0: clip each learnable's meta-gradient norm (option)
+        "backprop_steps": 0,            # K>0: meta-gradient through the last K inner steps only
+                                        # (truncated backprop, option; 0: the whole unroll, the reference)
         # Stability monitor (docs/mkdt.md#stability): at the first iteration and every this many,
         # the inner loss's sharpness at the unroll's start and end and the growth of d(theta)/d(lr)
         # (~1-2 outer iterations each at paper sizes); a one-line warning when unstable. 0: off.

@@ -36,7 +36,8 @@ from ddjax.models import has_batch_stats
 from ddjax.runlog import print_summary, progress, warn
 from ddjax.workdir import Stage, check_finite, due
 
-READS = ("seed", "data", "model", "experts.representations", "experts.zca", "experts.ssl_lambda",
+READS = ("seed", "data", "model", "experts.representations", "experts.standardize_targets",
+         "experts.zca", "experts.ssl_lambda",
          "experts.dsa_strategy", "experts.ssl_dsa_mode", "distill")
 
 
@@ -192,6 +193,9 @@ def check_config(config) -> None:
     if d.init not in METHODS and not str(d.init).endswith(".npy"):
         raise DdjaxError(f"distill.init must be {' or '.join(METHODS)} (a selection) or the path of "
                          f"an .npy file of train indices, got {d.init!r}")
+    if not 0 <= d.backprop_steps <= d.syn_steps:
+        raise DdjaxError(f"distill.backprop_steps must be in 0..syn_steps ({d.syn_steps}; 0: the "
+                         f"whole unroll), got {d.backprop_steps}")
     if not (math.isfinite(d.lr_init) and d.lr_init > 0):
         raise DdjaxError(f"distill.lr_init must be a positive number, got {d.lr_init}")
     if d.stability_every < 0 or d.stability_iterations < 1 or not d.max_image_abs > 0 \
@@ -229,7 +233,7 @@ def run(stage: Stage) -> dict:
     inner_loss, augment = objective.inner_objective(model.apply, d, ssl)
     constrain = None if shard_experts else mesh.constrain_batch
     meta_loss = make_meta_loss(inner_loss, remat=d.remat, inner_dtype=inner_dtype, augment=augment,
-                               constrain=constrain)
+                               constrain=constrain, backprop_steps=d.backprop_steps)
     step_fn, stats_fn = make_outer_step(meta_loss, optimizer), make_iteration_stats()
     aug_base = jax.random.fold_in(jax.random.key(cfg.seed), 1)
     monitor_key = jax.random.fold_in(jax.random.key(cfg.seed), 2)

@@ -103,18 +103,27 @@ def unroll_inputs(batch_idx_SB: jax.Array, mask_SB: jax.Array):
 def unroll(inner_loss: InnerLoss, params0: Params, images: jax.Array, targets: jax.Array | None,
            lr: jax.Array, batch_idx_SB: jax.Array, mask_SB: jax.Array, *,
            remat: bool = True, inner_dtype=None, augment: Augment | None = None,
-           aug_key: jax.Array | None = None, constrain=None) -> Params:
+           aug_key: jax.Array | None = None, constrain=None, backprop_steps: int = 0) -> Params:
     """``θ_N`` after ``S = len(batch_idx_SB)`` steps ``θ ← θ − lr·∇L(θ; X[idx], Y[idx])`` (see
     ``minibatch_loss`` for the targets, ``augment``, ``inner_dtype`` and ``constrain``), as a
-    ``lax.scan`` whose body is ``jax.checkpoint``-ed when ``remat``."""
+    ``lax.scan`` whose body is ``jax.checkpoint``-ed when ``remat``. ``backprop_steps`` = K > 0
+    (an option; 0 is the reference) lets gradients flow through the last K steps only: the
+    parameters after the first S − K are a constant to the meta-gradient (truncated backprop)."""
     step = inner_step(inner_loss, images, targets, augment=augment, aug_key=aug_key,
                       inner_dtype=inner_dtype, constrain=constrain)
 
     def body(params, step_inputs):
         return step(params, lr, step_inputs), None
 
-    params_N, _ = jax.lax.scan(jax.checkpoint(body) if remat else body, params0,
-                               unroll_inputs(batch_idx_SB, mask_SB))
+    scan_body = jax.checkpoint(body) if remat else body
+    inputs = unroll_inputs(batch_idx_SB, mask_SB)
+    cut = batch_idx_SB.shape[0] - backprop_steps if 0 < backprop_steps < batch_idx_SB.shape[0] else 0
+    params = params0
+    if cut:
+        head = jax.tree.map(lambda a: a[:cut], inputs)
+        params = jax.lax.stop_gradient(jax.lax.scan(scan_body, params, head)[0])
+        inputs = jax.tree.map(lambda a: a[cut:], inputs)
+    params_N, _ = jax.lax.scan(scan_body, params, inputs)
     return params_N
 
 
@@ -129,14 +138,15 @@ def match_loss(params_N: Params, params_start: Params, params_target: Params) ->
 
 
 def make_meta_loss(inner_loss: InnerLoss, *, remat: bool = True, inner_dtype=None,
-                   augment: Augment | None = None, constrain=None):
+                   augment: Augment | None = None, constrain=None, backprop_steps: int = 0):
     """``meta_loss(syn, start, target, idx_SB, mask_SB, aug_key)``; ``syn`` = {images, targets, lr},
     without ``targets`` for inner losses that have none (MTT-SSL)."""
 
     def meta_loss(syn, params_start, params_target, batch_idx_SB, mask_SB, aug_key=None):
         params_N = unroll(inner_loss, params_start, syn["images"], syn.get("targets"), syn["lr"],
                           batch_idx_SB, mask_SB, remat=remat, inner_dtype=inner_dtype,
-                          augment=augment, aug_key=aug_key, constrain=constrain)
+                          augment=augment, aug_key=aug_key, constrain=constrain,
+                          backprop_steps=backprop_steps)
         return match_loss(params_N, params_start, params_target)
 
     return meta_loss

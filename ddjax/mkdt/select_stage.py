@@ -22,7 +22,8 @@ from ddjax.runlog import print_summary, progress
 from ddjax.workdir import Stage
 
 # The two commands share the directory; each records what it reads (config.<word>.json).
-READS = {"high-loss": ("seed", "data", "model", "experts.representations", "experts.zca", "select"),
+READS = {"high-loss": ("seed", "data", "model", "experts.representations",
+                       "experts.standardize_targets", "experts.zca", "select"),
          "random": ("seed", "data", "select")}
 
 

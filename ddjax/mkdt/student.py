@@ -42,6 +42,8 @@ def store_identity(config, workdir: str | Path, spec, zca, loss: str) -> dict:
         teacher = REPRESENTATIONS.read_meta(representations_dir(config, workdir))["teacher_sha256"]
     return {**data_identity(config), "model": config.model.name, "model_kwargs": {"width": config.model.get("width")},
             "loss": loss, "teacher_sha256": teacher,
+            "standardize_targets": True if loss == "mse" and config.experts.get("standardize_targets")
+            else None,
             "normalisation": {"mean": list(spec.mean), "std": list(spec.std),
                               "zca": zca_digest(zca) if zca is not None else None}}
 
@@ -57,7 +59,15 @@ def load_representations(config, workdir: str | Path, spec, num_images: int) -> 
         raise DdjaxError(f"representations {directory} have shape {reps.shape} but the train split "
                          f"has {num_images} images; compute them for this dataset with "
                          "`ddjax represent`")
+    if config.experts.get("standardize_targets"):
+        reps = reps / dimension_rms(reps)
     return reps
+
+
+def dimension_rms(reps: np.ndarray) -> np.ndarray:
+    """Each dimension's root mean square over the rows, ``[D]`` (a dead dimension counts as 1)."""
+    rms = np.sqrt(np.mean(np.square(reps, dtype=np.float64), axis=0))
+    return np.where(rms > 0, rms, 1.0).astype(reps.dtype)
 
 
 def student_inputs(config, workdir: str | Path, *, fit_missing_zca: bool = False):

@@ -30,12 +30,14 @@ def _problem(dtype=jnp.float32, seed=0):
     return model, cast(start), cast(target), syn, jnp.asarray(idx), jnp.asarray(mask, dtype)
 
 
-def _loop_meta_loss(model, syn, start, target, idx, mask, augment=None, aug_key=None):
-    """The same unroll written as a plain Python loop over explicit sub-batches (no masks)."""
+def _loop_meta_loss(model, syn, start, target, idx, mask, augment=None, aug_key=None, frozen=0):
+    """The same unroll written as a plain Python loop over explicit sub-batches (no masks); the
+    first ``frozen`` steps see the learnables as constants (truncated backprop)."""
     loss = lambda p, x, y: jnp.mean((model.apply({"params": p}, x) - y) ** 2)
     idx, mask = np.asarray(idx), np.asarray(mask)
-    params = start
+    params, learnables = start, syn
     for s in range(idx.shape[0]):
+        syn = jax.lax.stop_gradient(learnables) if s < frozen else learnables
         real = idx[s][mask[s] > 0]
         x = syn["images"][real]
         if augment is not None:  # per-sample ops: augmenting only the real members is the same
@@ -59,6 +61,25 @@ def test_scan_checkpoint_unroll_equals_python_loop_in_value_and_gradient():
     plain = make_meta_loss(masked_mse(model.apply), remat=False)
     np.testing.assert_allclose(jax.grad(plain)(syn, start, target, idx, mask)["images"], grads["images"],
                                rtol=1e-5, atol=1e-8)
+
+
+def test_truncated_backprop_differentiates_the_last_k_steps_only():
+    """backprop_steps=K: the value is the full unroll's; the gradient is the loop's with the
+    learnables held constant in the first S - K steps (and differs from the full gradient)."""
+    model, start, target, syn, idx, mask = _problem()
+    full = make_meta_loss(masked_mse(model.apply))
+    truncated = make_meta_loss(masked_mse(model.apply), backprop_steps=1)
+    value, grads = jax.value_and_grad(truncated)(syn, start, target, idx, mask)
+    loop_value, loop_grads = jax.jit(jax.value_and_grad(
+        lambda s: _loop_meta_loss(model, s, start, target, idx, mask, frozen=STEPS - 1)))(syn)
+    np.testing.assert_allclose(value, full(syn, start, target, idx, mask), rtol=1e-6)
+    np.testing.assert_allclose(value, loop_value, rtol=1e-5)
+    for key in syn:
+        np.testing.assert_allclose(grads[key], loop_grads[key], rtol=2e-4, atol=1e-7)
+    assert not np.allclose(grads["images"], jax.grad(full)(syn, start, target, idx, mask)["images"])
+    everything = make_meta_loss(masked_mse(model.apply), backprop_steps=STEPS)
+    np.testing.assert_allclose(jax.grad(everything)(syn, start, target, idx, mask)["lr"],
+                               jax.grad(full)(syn, start, target, idx, mask)["lr"], rtol=1e-6)
 
 
 def test_augmented_unroll_equals_python_loop_with_the_same_keys():

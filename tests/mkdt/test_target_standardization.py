@@ -1,0 +1,40 @@
+"""The target-standardisation option: every consumer of the teacher's representations sees each
+dimension divided by its RMS over the train split, and stores made with and without it are never
+mixed."""
+
+import shutil
+
+import numpy as np
+
+from ddjax.artifacts.synset import SYNSET, read_synset
+from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
+from ddjax.mkdt.student import dimension_rms
+
+
+def test_dimension_rms_is_the_closed_form_and_spares_dead_dimensions():
+    reps = np.array([[3.0, 0.0, 1.0], [-4.0, 0.0, -1.0]], np.float32)
+    np.testing.assert_allclose(dimension_rms(reps), [np.sqrt(12.5), 1.0, 1.0])
+    scaled = reps / dimension_rms(reps)
+    np.testing.assert_allclose(np.sqrt(np.mean(scaled ** 2, axis=0))[[0, 2]], [1.0, 1.0], rtol=1e-6)
+
+
+def test_standardized_experts_are_refused_by_an_unstandardized_distillation(toy_pipeline, tmp_path):
+    toy, workdir = toy_pipeline, tmp_path / "w"
+    reps = toy.write_reps(workdir)
+    on = ["experts.standardize_targets=True"]
+    for command in (["experts"], ["select", "high-loss"]):
+        code, _, err = toy.cli(command, workdir, on)
+        assert code == 0, err
+    store = TrajectoryStore.open(TRAJECTORIES.locate(workdir))
+    assert store.meta["standardize_targets"] is True
+    other = tmp_path / "off"
+    for name in ("represent", "experts", "select"):
+        shutil.copytree(workdir / name, other / name)
+    code, _, err = toy.cli(["distill", "mkdt"], other)  # the option off: another store's targets
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "made differently" in last and "standardize_targets" in last
+    code, out, err = toy.cli(["distill", "mkdt"], workdir, on)
+    assert code == 0, err
+    first, meta = read_synset(SYNSET.locate(workdir, iteration=0))
+    expected = (reps / dimension_rms(reps))[meta["init_indices"]]
+    np.testing.assert_allclose(first["targets"], expected, rtol=1e-6)
