@@ -115,13 +115,22 @@ def open_stage(name: str, config: ml_collections.ConfigDict, workdir: str | Path
     ``read_fields``) there as ``record``, and yield the stage. In a multi-process run the first
     process locks and records; the others wait for it."""
     stage = Stage(name, config, Path(workdir).absolute())
+    recorded = stage.directory / record
     with contextlib.ExitStack() as held:
+        fresh = False
         if mesh.is_primary():
             held.enter_context(directory_lock(stage.directory, command))
+            fresh = not recorded.exists()
             record_config(stage.directory, config, record)
         mesh.barrier(f"open {stage.directory}")
         try:
             yield stage
+        except DdjaxError:
+            # Refused before writing anything (e.g. its inputs are missing or were made
+            # differently): forget the settings too, so the corrected command is not refused.
+            if fresh and {p.name for p in stage.directory.iterdir()} <= {LOCK_FILE_NAME, record}:
+                recorded.unlink()
+            raise
         finally:
             if "metrics" in stage.__dict__:  # opened: close its event files and W&B run
                 stage.metrics.close()
