@@ -7,6 +7,12 @@ per-epoch permutation of the train split. Every random draw derives from ``key(s
 step or epoch, and the levels and Adam state are checkpointed in ``lgm/<tag>/resume``, so a rerun
 resumes exactly. Writes the ``LGM_SET`` artifact and PNG snapshots under ``lgm/<tag>/snapshots``.
 Schedule, batches and randomness: docs/lgm.md#schedule.
+
+Layout (docs/scaling.md): the levels, Adam state, probes and backbone are replicated over the
+mesh; the real batch and the augmented views are split over its data axis. Every process draws
+the same batches from ``key(seed)`` and places the same full arrays. The host prepares step
+``s + 1``'s real batch while the device runs step ``s``, and reads the losses back only when it
+logs, checkpoints, snapshots or finishes (checking them, and the levels, finite first).
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from ddjax import mesh
 from ddjax.artifacts.image_set import LGM_SET, write_image_set
 from ddjax.checkpoint import RunCheckpointer
 from ddjax.config import config_to_dict
@@ -86,7 +94,41 @@ def build_problem(lgm, backbone, syn_res: int, num_classes: int) -> LgmProblem:
                       num_classes=num_classes, crop_res=backbone.resolution, syn_res=syn_res,
                       augs=lgm.augs_per_batch, aug_mode=lgm.aug_mode,
                       decorrelate=lgm.decorrelate_color, num_probes=lgm.num_probes,
-                      probe_grad=lgm.probe_grad, chunk_size=lgm.chunk_size)
+                      probe_grad=lgm.probe_grad, chunk_size=lgm.chunk_size,
+                      constrain=mesh.constrain_batch)
+
+
+@jax.jit
+def all_finite(levels) -> jax.Array:
+    """True when every value of the levels is finite (the guard before anything is written)."""
+    return jnp.all(jnp.stack([jnp.isfinite(level).all() for level in levels]))
+
+
+class LossLog:
+    """The losses of the steps dispatched but not yet read back, fetched together (one wait for
+    the device) and checked finite, with the levels, before anything of theirs is written; the
+    last ``keep`` host values feed ``loss_mean`` and the checkpoint's ``recent``."""
+
+    def __init__(self, tag: str, keep: int, recent: list[float]):
+        self.tag, self.keep, self.recent = tag, keep, list(recent)
+        self.pending: list[tuple[int, jax.Array]] = []
+
+    def add(self, step: int, loss: jax.Array) -> None:
+        self.pending.append((step, loss))
+
+    def flush(self, levels) -> list[float]:
+        """Read back the pending losses and whether ``levels`` are finite; one line naming the
+        first step whose loss is not finite (or the levels) otherwise. Every process calls it."""
+        losses, finite = mesh.fetch(([loss for _, loss in self.pending], all_finite(levels)))
+        for (step, _), loss in zip(self.pending, losses):
+            check_finite(float(loss), f"the LGM meta-loss at step {step} for backbone {self.tag}",
+                         "lower lgm.lr")
+        if not bool(finite):   # after the last pending step (flush follows a step)
+            raise DdjaxError(f"the LGM pyramid levels of backbone {self.tag} became non-finite "
+                             f"by step {self.pending[-1][0]}; lower lgm.lr")
+        self.pending = []
+        self.recent = (self.recent + [float(loss) for loss in losses])[-self.keep:]
+        return self.recent
 
 
 def distill_one(stage: Stage, tag: str, spec: str, images: np.ndarray, labels: np.ndarray,
@@ -114,10 +156,32 @@ def distill_one(stage: Stage, tag: str, spec: str, images: np.ndarray, labels: n
     level_key, step_key = jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
     batches = RealBatches(jax.random.fold_in(base, 3), len(labels),
                           lgm.ipc * lgm.augs_per_batch * num_classes)
-    levels = pyramid.init_levels(jax.random.fold_in(base, 0), len(syn_labels),
-                                 mode=lgm.distill_mode, syn_res=syn_res,
-                                 start_res=lgm.pyramid_start_res, init=lgm.init_mode)
-    opt_state, start, recent, active = optimizer.init(levels), 0, [], 1
+    # Placed once: replicated state and constants (a numpy input would be copied every step).
+    variables, syn_labels_d, step_key_d = mesh.replicate((backbone.variables, syn_labels,
+                                                          step_key))
+    levels = mesh.replicate(pyramid.init_levels(
+        jax.random.fold_in(base, 0), len(syn_labels), mode=lgm.distill_mode, syn_res=syn_res,
+        start_res=lgm.pyramid_start_res, init=lgm.init_mode))
+    opt_state, start, recent, active = mesh.replicate(optimizer.init(levels)), 0, [], 1
+    masks: dict[int, jax.Array] = {}
+
+    def mask(active: int) -> jax.Array:
+        if active not in masks:
+            masks[active] = mesh.replicate(pyramid.active_mask(active, len(levels)))
+        return masks[active]
+
+    def prepare(step: int):
+        """Step ``step``'s real batch (rows split over the data axis) and number, placed."""
+        rows = batches.indices(step)
+        return (*mesh.shard((images[rows], labels[rows])), mesh.replicate(np.int32(step)))
+
+    def snapshot(step: int) -> None:
+        grid = mesh.fetch(pyramid.decode_jit(levels, syn_res, lgm.decorrelate_color))
+        if mesh.is_primary():
+            save_image_grid(grid, out_dir / "snapshots" / f"step_{step:06d}.png",
+                            columns=lgm.ipc if lgm.ipc > 1 else len(syn_labels),
+                            scale=max(1, 128 // syn_res))
+
     with RunCheckpointer(out_dir / "resume") as resume:
         restored = resume.restore_latest({"levels": levels, "opt": opt_state})
         if restored is not None:   # saved after step ``saved["step"] - 1``
@@ -127,44 +191,49 @@ def distill_one(stage: Stage, tag: str, spec: str, images: np.ndarray, labels: n
             recent, active = list(saved.get("recent", [])), int(saved["active"])
         stage.metrics.rewind(start - 1, backbone=tag)   # the steps from ``start`` on are redone
         last = lgm.iterations
-        bar = progress(total=last + 1, initial=start, desc=f"lgm {tag}")
-        timer = time.perf_counter()
-        for step in range(start, last + 1):
-            if pyramid.extension_due(step, lgm.pyramid_extent_it) and active < len(levels):
-                levels, active = pyramid.extend_levels(
-                    levels, active, jax.random.fold_in(level_key, step), lgm.init_mode)
-                opt_state = optimizer.init(levels)
-            rows = batches.indices(step)
-            levels, opt_state, loss = step_fn(
-                levels, opt_state, pyramid.active_mask(active, len(levels)), backbone.variables,
-                images[rows], labels[rows], syn_labels, jax.random.fold_in(step_key, step))
-            loss = check_finite(float(loss), f"the LGM meta-loss at step {step} for backbone "
-                                f"{tag}", "lower lgm.lr")
-            recent = (recent + [loss])[-lgm.log_every:]
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", levels=active)
-            if due(step, lgm.log_every, last):
-                now = time.perf_counter()
-                stage.metrics.write(step, backbone=tag, loss=loss, loss_mean=float(np.mean(recent)),
-                                    levels=active, seconds=round(now - timer, 3))
-                timer = now
-            if lgm.image_log_every and due(step, lgm.image_log_every, last):
-                save_image_grid(np.asarray(pyramid.decode_jit(levels, syn_res,
-                                                              lgm.decorrelate_color)),
-                                out_dir / "snapshots" / f"step_{step:06d}.png",
-                                columns=lgm.ipc if lgm.ipc > 1 else len(syn_labels),
-                                scale=max(1, 128 // syn_res))
-            if due(step + 1, lgm.checkpoint_every, last + 1):
-                resume.save(step + 1, {"levels": levels, "opt": opt_state},
-                            {"step": step + 1, "active": active, "recent": recent, "loss": loss})
-        bar.close()
+        log = LossLog(tag, lgm.log_every, recent)
+        with progress(total=last + 1, initial=start, desc=f"lgm {tag}") as bar:
+            timer = time.perf_counter()
+            batch = prepare(start) if start <= last else None
+            for step in range(start, last + 1):
+                if pyramid.extension_due(step, lgm.pyramid_extent_it) and active < len(levels):
+                    # Rare (every pyramid_extent_it steps): on the host, then placed again.
+                    grown, active = pyramid.extend_levels(
+                        [jnp.asarray(level) for level in mesh.fetch(levels)], active,
+                        jax.random.fold_in(level_key, step), lgm.init_mode)
+                    levels = mesh.replicate(grown)
+                    opt_state = mesh.replicate(optimizer.init(grown))
+                x_real, y_real, step_d = batch
+                levels, opt_state, loss = step_fn(levels, opt_state, mask(active), variables,
+                                                  x_real, y_real, syn_labels_d,
+                                                  (step_key_d, step_d))
+                log.add(step, loss)
+                batch = prepare(step + 1) if step < last else None   # while the device runs
+                bar.update(1)
+                snap = bool(lgm.image_log_every) and due(step, lgm.image_log_every, last)
+                save = due(step + 1, lgm.checkpoint_every, last + 1)
+                if due(step, lgm.log_every, last) or snap or save:
+                    recent = log.flush(levels)   # the wait for the device; raises when diverged
+                    bar.set_postfix(loss=f"{recent[-1]:.4f}", levels=active)
+                if due(step, lgm.log_every, last):
+                    now = time.perf_counter()
+                    stage.metrics.write(step, backbone=tag, loss=recent[-1],
+                                        loss_mean=float(np.mean(recent)), levels=active,
+                                        seconds=round(now - timer, 3))
+                    timer = now
+                if snap:
+                    snapshot(step)
+                if save:
+                    resume.save(step + 1, {"levels": levels, "opt": opt_state},
+                                {"step": step + 1, "active": active, "recent": recent,
+                                 "loss": recent[-1]})
     final_loss = recent[-1] if recent else None
     meta = dict(identity, method="lgm", tag=tag, backbone_name=backbone.name,
                 feature_dim=backbone.feature_dim, crop_res=backbone.resolution,
                 mean=list(backbone.mean), std=list(backbone.std), num_classes=num_classes,
                 class_names=list(data_spec.class_names or []), updates=last + 1,
                 final_loss=final_loss, seed=cfg.seed, lgm=config_to_dict(lgm))
-    images01 = np.asarray(pyramid.decode_jit(levels, syn_res, lgm.decorrelate_color))
+    images01 = mesh.fetch(pyramid.decode_jit(levels, syn_res, lgm.decorrelate_color))
     write_image_set(LGM_SET, set_dir, images01, syn_labels, meta, class_names=data_spec.class_names)
     return {"set": set_dir, "final_loss": final_loss, "resumed_from": start}
 

@@ -6,6 +6,10 @@ on ``augs`` augmented copies of the decoded synthetic set, and minimises the mea
 ``1 - cos(g_real, g_syn)`` with Adam on the pyramid levels. Only a VJP through the frozen
 backbone is needed; ``chunk_size`` > 0 computes the same meta-gradient in two exact passes over
 chunks, holding one chunk's activations. See docs/lgm.md#meta-loss.
+
+On a mesh (``LgmProblem.constrain``; the stage passes ``ddjax.mesh.constrain_batch``) the rows of
+the augmented real and synthetic batches are split over the data axis; the probes, the levels and
+the backbone stay replicated, and the probe gradients' sums over rows become all-reduces.
 """
 
 from __future__ import annotations
@@ -88,7 +92,10 @@ def chunk_rows(n: int, chunk: int) -> jax.Array:
 class LgmProblem:
     """Everything static about a distillation: the backbone function and its normalisation, sizes,
     augmentation, probes and chunking. ``features(variables, x)`` maps normalised NHWC images at
-    ``crop_res`` to [N, feature_dim]. Hashable (the feature function by identity)."""
+    ``crop_res`` to [N, feature_dim]. ``constrain(x)``, when given, is applied inside ``jit`` to
+    every batch of images before and after augmentation (``ddjax.mesh.constrain_batch``: rows
+    split over the mesh's data axis); None leaves the layout to XLA. Hashable (the functions by
+    identity)."""
 
     features: Callable[[Any, jax.Array], jax.Array]
     mean: tuple[float, float, float]
@@ -103,14 +110,22 @@ class LgmProblem:
     num_probes: int = 1
     probe_grad: str = "closed_form"
     chunk_size: int = 0
+    constrain: Callable[[jax.Array], jax.Array] | None = None
+
+    def split_rows(self, x: jax.Array) -> jax.Array:
+        """``x`` with its leading (row) axis laid out by ``constrain`` (unchanged without one)."""
+        return x if self.constrain is None else self.constrain(x)
 
     def embed(self, variables, x01: jax.Array) -> jax.Array:
         mean, std = jnp.asarray(self.mean, x01.dtype), jnp.asarray(self.std, x01.dtype)
         return self.features(variables, (x01 - mean) / std)
 
     def view(self, x01: jax.Array, params) -> jax.Array:
-        """The augmented ``crop_res`` view of the rows ``params`` were drawn for."""
-        return augment(x01, params, self.crop_res, noise=self.aug_mode == "standard")
+        """The augmented ``crop_res`` view of the rows ``params`` were drawn for (rows laid out
+        by ``constrain``, so the augmentation and the backbone run split over the mesh)."""
+        view = augment(self.split_rows(x01), params, self.crop_res,
+                       noise=self.aug_mode == "standard")
+        return self.split_rows(view)
 
     def decode(self, levels) -> jax.Array:
         return decode(levels, self.syn_res, self.decorrelate)
@@ -121,12 +136,15 @@ def real_gradients(problem: LgmProblem, variables, probes: Probes, x_real01: jax
     """[K, C*D + C] probe gradients of the (augmented) real batch; no graph."""
     n = x_real01.shape[0]
     params = sample_aug(key, n, problem.aug_mode)
+    if 0 < problem.chunk_size < n:
+        def chunk_features(rows):
+            return problem.embed(variables, problem.view(x_real01[rows], take_rows(params, rows)))
 
-    def chunk_features(rows):
-        return problem.embed(variables, problem.view(x_real01[rows], take_rows(params, rows)))
-
-    Z = jax.lax.map(chunk_features, chunk_rows(n, problem.chunk_size))
-    Z = jax.lax.stop_gradient(Z.reshape(-1, Z.shape[-1])[:n])
+        Z = jax.lax.map(chunk_features, chunk_rows(n, problem.chunk_size))
+        Z = Z.reshape(-1, Z.shape[-1])[:n]
+    else:   # one chunk: the whole batch, its rows split over the mesh by ``constrain``
+        Z = problem.embed(variables, problem.view(x_real01, params))
+    Z = jax.lax.stop_gradient(Z)
     Y = jax.nn.one_hot(y_real, problem.num_classes, dtype=jnp.float32)
     grad = probe_grad_fn(problem.probe_grad)
     return jax.vmap(lambda W, b: grad(W, b, Z, Y))(probes.W, probes.b)
@@ -207,12 +225,16 @@ def lgm_optimizer(lr: float) -> optax.GradientTransformation:
 def make_train_step(problem: LgmProblem, lr: float) -> Callable:
     """A jitted ``step(levels, opt_state, mask, variables, x_real_uint8, y_real, syn_labels, key)``
     -> ``(levels, opt_state, loss)``; ``mask`` [L] zeroes the gradients of inactive levels.
+    ``key`` is the step's key, or a pair ``(base_key, step)`` whose ``fold_in`` (the same key) is
+    then taken on the device, sparing the host a dispatch per step (what the stage passes).
     Cached per (problem, lr): runs in one process with equal settings share one compilation."""
     optimizer = lgm_optimizer(lr)
 
     @jax.jit
     def step(levels, opt_state, mask, variables, x_real_u8, y_real, syn_labels, key):
-        x_real = x_real_u8.astype(jnp.float32) / 255.0
+        if isinstance(key, tuple):
+            key = jax.random.fold_in(*key)
+        x_real = problem.split_rows(x_real_u8).astype(jnp.float32) / 255.0
         loss, grads = lgm_grads(problem, levels, variables, x_real, y_real, syn_labels, key)
         grads = [g * mask[i] for i, g in enumerate(grads)]
         updates, opt_state = optimizer.update(grads, opt_state, levels)
