@@ -86,11 +86,29 @@ def _watch_peers(every: float = 2.0) -> None:
             os._exit(3)
 
 
-def finish() -> None:
-    """Wait for every process at the end of a command, then let them exit one by one without
-    the watchdog taking a finished peer for a dead one."""
+def finish(wait_seconds: float = 60.0) -> None:
+    """Wait for every process at the end of a command, then leave the run in order: the others
+    disconnect first, process 0 (which hosts the coordination service) last, once it sees them
+    gone (at most ``wait_seconds``); a peer still connecting to a service that has exited would
+    abort with a C++ error. The watchdog no longer takes a finished peer for a dead one."""
     barrier("ddjax finish")
     _FINISHING.set()
+    if jax.process_count() == 1:
+        return
+    if not is_primary():
+        jax.distributed.shutdown()
+        return
+    from jax._src import distributed  # as in _watch_peers
+
+    client, deadline = distributed.global_state.client, time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        try:
+            if len(client.get_live_nodes(list(range(jax.process_count())))) <= 1:
+                break
+        except Exception:  # noqa: BLE001 - nothing left to wait for
+            break
+        time.sleep(0.2)
+    jax.distributed.shutdown()
 
 
 def build(axes: Mapping[str, int] | None = None) -> Mesh:
