@@ -6,13 +6,15 @@ devices here, where the figures measure the layout's overhead, not a speed-up: t
 share this machine's cores). Sizes are small (``--width``, ``--batch``); the layout is ddjax's
 own (``ddjax.mesh``), as the stages use it.
 
-``--host-overhead W``: ``ddjax distill mkdt`` on a copy of workdir W's inputs (represent, experts,
-select: e.g. the smoke chain's), ``--iterations`` long: wall time per iteration of the stage loop
-(from its metrics' time stamps, the first iteration and compilation excluded) minus the jitted
-step alone on the same inputs (timed after the run, blocking on each call).
+``--host-overhead W [--method mkdt|lgm]``: ``ddjax distill mkdt`` (or ``lgm``) on a copy of
+workdir W's inputs (represent, experts, select; or the teacher: e.g. the smoke chain's),
+``--iterations`` long: wall time per iteration of the stage loop (from its metrics' time stamps,
+compilation and the last record excluded) minus the jitted step alone on the same inputs (timed
+after the run, blocking on each call).
 
     python experiments/bench_scaling.py --steps --devices 1 2 4 8
-    python experiments/bench_scaling.py --host-overhead runs/smoke --config experiments/smoke.py
+    python experiments/bench_scaling.py --host-overhead runs/smoke
+    python experiments/bench_scaling.py --host-overhead runs/smoke --method lgm --iterations 200
 """
 
 from __future__ import annotations
@@ -152,15 +154,31 @@ def sweep_steps(args) -> None:
               + " |", flush=True)
 
 
+# What ``--host-overhead`` runs per method: the stage module, its step factory, the stage
+# directories it copies from W, where its metrics are, and its settings for the measurement.
+OVERHEAD = {
+    "mkdt": ("ddjax.mkdt.distill_stage", "make_outer_step", ("represent", "experts", "select"),
+             "distill", lambda n: [f"distill.iterations={n}", "distill.stability_every=0",
+                                   f"distill.checkpoint_every={n}", f"distill.save_every={n}"]),
+    "lgm": ("ddjax.lgm.distill_stage", "make_train_step", ("teacher",), "lgm",
+            lambda n: [f"lgm.iterations={n}", f"lgm.log_every={max(1, n // 10)}",
+                       f"lgm.checkpoint_every={10 * n}", "lgm.image_log_every=0"]),
+}
+
+
 def host_overhead(args) -> None:
-    """Per-iteration wall time of ``distill mkdt`` minus its jitted step alone."""
+    """Per-iteration wall time of ``distill mkdt`` or ``distill lgm`` minus its jitted step
+    alone (called back to back on the inputs of the run's last step)."""
+    import importlib
+
     import jax
 
-    import ddjax.mkdt.distill_stage as stage_module
     from ddjax.cli import main as cli
 
+    module_name, factory, inputs, directory, settings = OVERHEAD[args.method]
+    stage_module = importlib.import_module(module_name)
     captured = {}
-    real = stage_module.make_outer_step
+    real = getattr(stage_module, factory)
 
     def capturing(*a, **k):
         step = real(*a, **k)
@@ -172,25 +190,26 @@ def host_overhead(args) -> None:
         captured["step"] = step
         return wrapped
 
-    stage_module.make_outer_step = capturing
+    setattr(stage_module, factory, capturing)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "w"
-        for name in ("represent", "experts", "select"):
+        for name in inputs:
             if (Path(args.host_overhead) / name).exists():
                 shutil.copytree(Path(args.host_overhead) / name, work / name)
-        overrides = [f"distill.iterations={args.iterations}", "distill.stability_every=0",
-                     f"distill.checkpoint_every={args.iterations}",
-                     f"distill.save_every={args.iterations}"]
-        argv = ["distill", "mkdt", "--config", args.config, "--workdir", str(work)]
-        for item in overrides + args.set:
+        argv = ["distill", args.method, "--config", args.config, "--workdir", str(work)]
+        for item in settings(args.iterations) + args.set:
             argv += ["--set", item]
         if cli(argv) != 0:
-            raise SystemExit("the distill run failed")
-        stamps = [json.loads(line)["time"] for line in
-                  (work / "distill" / "metrics.jsonl").read_text().splitlines()]
-    per_iteration = (stamps[-2] - stamps[1]) / (len(stamps) - 3)  # without the first and last
+            raise SystemExit(f"the distill {args.method} run failed")
+        records = [json.loads(line) for line in
+                   (work / directory / "metrics.jsonl").read_text().splitlines()]
+    # Between the second and the next-to-last record: past compilation (and LGM's pyramid
+    # growth at its first extensions), before the final writes.
+    first, last = records[1], records[-2]
+    per_iteration = (last["time"] - first["time"]) / (last["step"] - first["step"])
     alone = _median_seconds(captured["step"], captured["inputs"], args.repeats * 5)
-    print(json.dumps({"iterations": args.iterations, "devices": jax.device_count(),
+    print(json.dumps({"method": args.method, "iterations": args.iterations,
+                      "devices": jax.device_count(),
                       "wall_per_iteration_ms": round(per_iteration * 1e3, 2),
                       "step_alone_ms": round(alone * 1e3, 2),
                       "host_overhead_ms": round((per_iteration - alone) * 1e3, 2)}))
@@ -209,11 +228,15 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--expert-steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--host-overhead", metavar="W", help="workdir with represent/experts/select")
-    parser.add_argument("--config", default="experiments/smoke.py")
+    parser.add_argument("--host-overhead", metavar="W", help="a workdir with the stage's inputs "
+                        "(mkdt: represent, experts, select; lgm: its teacher)")
+    parser.add_argument("--method", choices=sorted(OVERHEAD), default="mkdt")
+    parser.add_argument("--config", default=None, help="default: experiments/smoke.py (:lgm)")
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     args = parser.parse_args()
+    if args.config is None:
+        args.config = "experiments/smoke.py" + (":lgm" if args.method == "lgm" else "")
     if args.one:
         print(json.dumps(measure_here(args)))
     elif args.host_overhead:
