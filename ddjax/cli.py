@@ -4,6 +4,8 @@ Subcommands import their implementation lazily, so ``ddjax --help`` and ``ddjax 
 start quickly. Every stage command takes ``--config FILE`` (an ``experiments/*.py`` file),
 ``--workdir DIR`` (where its artifacts, checkpoints, resolved config and metrics go; rerunning
 with the same workdir resumes) and any number of ``--set path.to.field=value`` overrides.
+``ddjax run mkdt|lgm`` runs a method's stages one after the other in this process
+(``ddjax.pipeline``).
 """
 
 from __future__ import annotations
@@ -86,25 +88,51 @@ STAGE_COMMANDS = (
 )
 
 
+def stage_command(words) -> tuple[str, str, str]:
+    """``(module:function, stage directory, help)`` of the stage command ``words``."""
+    for entry_words, target, directory, help_text in STAGE_COMMANDS:
+        if tuple(entry_words) == tuple(words):
+            return target, directory, help_text
+    raise KeyError(f"no stage command {' '.join(words)!r}")
+
+
+def prepare_stage(words, full, command: str | None = None):
+    """``(module, function, config, record file)`` of stage ``words`` on the loaded config
+    ``full``: the fields it reads (one line naming a missing section), checked by its
+    ``check_config``. Nothing is written and no device is used."""
+    from ddjax.workdir import read_fields, stage_reads
+
+    target, _, _ = stage_command(words)
+    module_name, function = target.split(":")
+    module = importlib.import_module(module_name)
+    reads, record = stage_reads(module.READS, words[-1])
+    config = read_fields(full, reads, command or "`ddjax " + " ".join(words) + "`")
+    if hasattr(module, "check_config"):  # refuse bad settings before they are recorded
+        module.check_config(config)
+    return module, function, config, record
+
+
 def _run_stage(args: argparse.Namespace) -> None:
     from ddjax import mesh
     from ddjax.config import load_config
-    from ddjax.workdir import open_stage, read_fields, stage_reads
+    from ddjax.workdir import open_stage
 
     mesh.initialize(args.coordinator, args.num_processes, args.process_id)  # before any device use
-    module_name, function = args.stage_target.split(":")
-    module = importlib.import_module(module_name)
     command = "ddjax " + " ".join(args.stage_words)
-    reads, record = stage_reads(module.READS, args.stage_words[-1])
     full = load_config(args.config, args.set)
-    config = read_fields(full, reads, f"`{command}`")
-    if hasattr(module, "check_config"):  # refuse bad settings before they are recorded
-        module.check_config(config)
+    module, function, config, record = prepare_stage(args.stage_words, full)
     # The layout is not recorded with the stage's settings: a run may resume on other devices.
     mesh.build(full.get("mesh"))
     with open_stage(args.stage_name, config, args.workdir, command, record) as stage:
         getattr(module, function)(stage)
     mesh.finish()
+
+
+def _run_pipeline(args: argparse.Namespace) -> None:
+    from ddjax.pipeline import run_pipeline
+
+    run_pipeline(args.method, args.config, args.workdir, args.set, until=args.until,
+                 process=(args.coordinator, args.num_processes, args.process_id))
 
 
 def _add_process_flags(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +148,7 @@ def _add_process_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_stage_commands(commands) -> None:
     groups: dict[str, argparse._SubParsersAction] = {}
-    for words, target, directory, help_text in STAGE_COMMANDS:
+    for words, _, directory, help_text in STAGE_COMMANDS:
         parent = commands
         if len(words) == 2:
             if words[0] not in groups:
@@ -135,7 +163,7 @@ def _add_stage_commands(commands) -> None:
         stage.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                            help="override a config field, e.g. --set experts.num_experts=4 (repeatable)")
         _add_process_flags(stage)
-        stage.set_defaults(handler=_run_stage, stage_target=target, stage_name=directory,
+        stage.set_defaults(handler=_run_stage, stage_name=directory,
                            stage_words=words)
 
 
@@ -183,6 +211,27 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "the result tables as charts, grids of the distilled sets")
     report.add_argument("workdir", help="a pipeline directory (--workdir of the stages)")
     report.set_defaults(handler=_report)
+
+    from ddjax.pipeline import CHAINS, until_choices
+
+    run = commands.add_parser(
+        "run", help="a method's whole chain of stages: each skipped when its artifacts are "
+                    "complete, resumed when interrupted; ends with the result table and the report",
+        description="Run every stage of a method in order, in this process: mkdt = teacher, "
+                    "represent, experts, select high-loss, select random, distill mkdt, eval mkdt; "
+                    "lgm = teacher (when a backbone is the workdir's teacher), distill lgm, eval "
+                    "lgm. Rerun the same command to resume.")
+    run.add_argument("method", choices=sorted(CHAINS))
+    run.add_argument("--config", required=True, help="experiment config, e.g. experiments/smoke.py "
+                                                     "(mkdt) or experiments/smoke.py:lgm (lgm)")
+    run.add_argument("--workdir", required=True, help="pipeline directory; each stage writes "
+                                                      "<workdir>/<stage>, the report <workdir>/report")
+    run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                     help="override a config field for every stage (repeatable)")
+    run.add_argument("--until", default=None, metavar="STAGE", choices=until_choices(),
+                     help="stop after this stage (e.g. distill, select-random)")
+    _add_process_flags(run)
+    run.set_defaults(handler=_run_pipeline)
 
     _add_stage_commands(commands)
     return parser

@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "ddjax"
 SHARED = ("ddjax.data", "ddjax.models", "ddjax.backbones", "ddjax.ssl", "ddjax.artifacts",
           "ddjax.checkpoint", "ddjax.config", "ddjax.runlog", "ddjax.workdir", "ddjax.defaults",
-          "ddjax.viz", "ddjax.errors")
+          "ddjax.viz", "ddjax.errors", "ddjax.smoke", "ddjax.mesh")
 
 
 def _module_name(path: Path) -> str:
@@ -60,6 +60,16 @@ def test_shared_blocks_belong_to_no_method():
         if any(_within(module, shared) for shared in SHARED):
             bad = [i for i in imports if _within(i, "ddjax.mkdt") or _within(i, "ddjax.lgm")]
             assert not bad, f"{module} imports {bad}"
+
+
+def test_nothing_but_the_cli_imports_the_orchestrators():
+    """``ddjax run`` (ddjax.pipeline) and the CLI drive the stages; no stage, method module or
+    building block reaches back into them."""
+    for module, imports in GRAPH.items():
+        if module in ("ddjax.cli", "ddjax.pipeline"):
+            continue
+        bad = [i for i in imports if _within(i, "ddjax.cli") or _within(i, "ddjax.pipeline")]
+        assert not bad, f"{module} imports {bad}"
 
 
 def test_only_the_checkpoint_module_imports_orbax():

@@ -10,9 +10,13 @@ nothing that looks prepared; a prepared dataset is never rewritten.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -20,9 +24,29 @@ import tensorflow_datasets as tfds
 from ddjax.data.archive import Layout, common_image_size, iter_file_bytes, open_image, read_layout
 from ddjax.data.registry import SPLITS, check_name
 from ddjax.errors import DdjaxError
+from ddjax.runlog import progress
 
 DATA_DIR_ENV = "DDJAX_DATA_DIR"
 VERSION = "1.0.0"
+
+
+@contextlib.contextmanager
+def quiet_tfds() -> Iterator[None]:
+    """TFDS's output that means nothing to a ddjax user, off for the block: absl warnings about
+    its builder configs and variant folders ("Using custom data configuration", "Variant folder
+    ... has no dataset_info.json") and its progress bars (ddjax shows its own). Errors still
+    show."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    logger = logging.getLogger("absl")
+    level, bars = logger.level, getattr(tqdm_utils, "_active", True)
+    logger.setLevel(logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        tfds.display_progress_bar(bars)
 
 
 def archive_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -78,21 +102,24 @@ def prepare_archive(
     target = prepared_dir(name, data_dir)
     if is_prepared(name, data_dir):
         if check_source:
-            recorded = tfds.builder_from_directory(os.fspath(target)).info.metadata
+            with quiet_tfds():
+                recorded = tfds.builder_from_directory(os.fspath(target)).info.metadata
             if recorded["identity"] != _identity(source):
                 raise DdjaxError(
                     f"{name} in {target} was prepared from {recorded['archive']}, not {source}; "
                     "delete that folder or pass another --data-dir"
                 )
         return target
+    print(f"ddjax: preparing {name} from {source} into {target} (once; later runs read it "
+          "from there)", file=sys.stderr, flush=True)
     layout = read_layout(source, class_names, num_classes)
-    builder = ImageFolderArchive(
-        name=name,
-        layout=layout,
-        image_size=common_image_size(layout),
-        data_dir=archive_data_dir(data_dir),
-    )
-    with tempfile.TemporaryDirectory() as downloads:  # TFDS wants one; nothing is downloaded
+    with quiet_tfds(), tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded
+        builder = ImageFolderArchive(
+            name=name,
+            layout=layout,
+            image_size=common_image_size(layout),
+            data_dir=archive_data_dir(data_dir),
+        )
         try:
             builder.download_and_prepare(download_dir=downloads)
         except OSError:
@@ -143,6 +170,12 @@ class ImageFolderArchive(tfds.core.GeneratorBasedBuilder):
             ),
         )
 
+    def _log_download_bytes(self) -> None:
+        pass  # TFDS's "Downloading and preparing dataset Unknown size...": prepare_archive says it
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _split_generators(self, dl_manager):
         del dl_manager  # the data is local
         return {split: self._generate_examples(split) for split in SPLITS}
@@ -152,9 +185,11 @@ class ImageFolderArchive(tfds.core.GeneratorBasedBuilder):
         keys = {path: key for key, (path, _) in enumerate(files)}
         labels = dict(files)
         source = self._layout.source
-        for path, data in iter_file_bytes(source, [path for path, _ in files]):
-            image = open_image(data, f"{source}:{path}")
-            yield keys[path], {"image": self._encode(image, data), "label": labels[path]}
+        with progress(total=len(files), desc=f"prepare {self.builder_config.name} {split}") as bar:
+            for path, data in iter_file_bytes(source, [path for path, _ in files]):
+                image = open_image(data, f"{source}:{path}")
+                yield keys[path], {"image": self._encode(image, data), "label": labels[path]}
+                bar.update(1)
 
     def _encode(self, image, data: bytes):
         """Pixels for a Tensor feature; for an Image feature the original file when it is an

@@ -74,7 +74,8 @@ def _resolve(name: str, archive: PathLike | None, data_dir: PathLike | None) -> 
     else:
         tfds_dir = data_dir if data_dir is not None else os.environ.get(prepare.DATA_DIR_ENV)
         return _Resolved(spec, None, None if tfds_dir is None else os.fspath(tfds_dir), "tfds")
-    info = tfds.builder_from_directory(os.fspath(folder)).info
+    with prepare.quiet_tfds():
+        info = tfds.builder_from_directory(os.fspath(folder)).info
     if spec is None:
         shape = info.features["image"].shape
         spec = adhoc_spec(name, tuple(info.features["label"].names), _size_of(shape))
@@ -87,7 +88,8 @@ def _size_of(shape: Sequence[int | None]) -> tuple[int, int] | None:
 
 def _open(resolved: _Resolved, split: str):
     if resolved.prepared is not None:
-        return tfds.builder_from_directory(resolved.prepared).as_data_source(split=split)
+        with prepare.quiet_tfds():
+            return tfds.builder_from_directory(resolved.prepared).as_data_source(split=split)
     spec = resolved.spec
     try:
         return tfds.data_source(
@@ -117,7 +119,9 @@ def local_unavailable_reason(
         return None
     spec = resolved.spec
     try:
-        if tfds.builder(spec.tfds_name, data_dir=resolved.tfds_data_dir).is_prepared():
+        with prepare.quiet_tfds():  # absl: "Variant folder ... has no dataset_info.json"
+            prepared = tfds.builder(spec.tfds_name, data_dir=resolved.tfds_data_dir).is_prepared()
+        if prepared:
             return None
     except Exception as e:  # TFDS cannot even describe it (unknown builder, TF missing)
         return f"TFDS cannot open {spec.tfds_name}: {type(e).__name__}: {e}"[:300]

@@ -28,11 +28,13 @@ from ddjax.lgm.backbones import backbone_entries, backbone_identity, load_checke
 from ddjax.lgm.baselines import centroid_indices, neighbor_indices, random_real_indices
 from ddjax.lgm.probe import (embed_images, make_embedder, probe_lr, topk_accuracy,
                              train_probes)
+from ddjax.smoke import scale_note
 from ddjax.runlog import print_summary, write_json_atomic
 from ddjax.workdir import Stage
 
 READS = ("data", "lgm.backbones", "lgm.ipc", "lgm_eval")
 BASELINES = ("random", "centroids", "neighbors", "full")
+TABLES, RESULTS = "tables.md", "results.json"
 
 
 def check_config(config) -> None:
@@ -250,9 +252,41 @@ def alignment_matrix(inputs: EvalInputs) -> dict:
     return saved
 
 
+def expected_results(config, workdir) -> list[Path]:
+    """Every ``LGM_RESULT`` directory the stage writes for ``config`` (as ``build_sets`` and
+    ``run`` name them) and the alignment's."""
+    ev = config.lgm_eval
+    distill = [tag for tag, _ in backbone_entries(config.lgm.backbones, workdir)]
+    evals = [tag for tag, _ in backbone_entries(ev.backbones, workdir)] if ev.backbones else distill
+    names = [f"lgm_{tag}" for tag in distill]
+    if "random" in ev.baselines:
+        names += [f"random_{seed}" for seed in ev.random_seeds]
+    names += [f"{method}_{tag}" for tag in distill for method in ("centroids", "neighbors")
+              if method in ev.baselines]
+    if "full" in ev.baselines:
+        names.append("full")
+    return ([LGM_RESULT.locate(workdir, name=name, backbone=tag) for tag in evals for name in names]
+            + [LGM_ALIGNMENT.locate(workdir)])
+
+
+def is_complete(config, workdir) -> bool:
+    """True when a rerun would compute nothing: every result and the tables are written
+    (``ddjax run`` skips the stage then)."""
+    tables = LGM_ALIGNMENT.locate(workdir).parent.parent / TABLES
+    return tables.exists() and all(LGM_RESULT.is_complete(p) for p in expected_results(config, workdir))
+
+
+def check_inputs(stage: Stage) -> None:
+    """The distilled sets exist (one line naming `ddjax distill lgm` if not), checked before
+    the data are loaded."""
+    for tag, _ in backbone_entries(stage.config.lgm.backbones, stage.workdir):
+        LGM_SET.read_meta(LGM_SET.locate(stage.workdir, tag=tag))
+
+
 def run(stage: Stage) -> dict:
     ev = stage.config.lgm_eval
     started = time.perf_counter()
+    check_inputs(stage)
     inputs = EvalInputs(stage)
     sets = build_sets(inputs)
     results = []
@@ -263,14 +297,14 @@ def run(stage: Stage) -> dict:
             results.append(evaluate_full(inputs, tag))
     alignment = alignment_matrix(inputs)
     report = lgm_tables.build_report(results, inputs.distill_tags, inputs.eval_tags, alignment)
-    text = lgm_tables.render(report)
+    text = lgm_tables.render(report, scale=scale_note(stage.workdir, "lgm"))
     print(text, flush=True)
-    (stage.directory / "tables.md").write_text(text + "\n")
-    write_json_atomic(stage.directory / "results.json", report)
+    (stage.directory / TABLES).write_text(text + "\n")
+    write_json_atomic(stage.directory / RESULTS, report)
     same = {tag: report["main"].get("lgm", {}).get(tag) for tag in inputs.eval_tags}
     return print_summary("eval lgm", stage.workdir,
-                         {"results": stage.directory / "results.json",
-                          "tables": stage.directory / "tables.md"},
+                         {"results": stage.directory / RESULTS,
+                          "tables": stage.directory / TABLES},
                          lgm_top1={t: (v or {}).get("top1_mean") for t, v in same.items()},
                          rank_correlation=report["correlation"],
                          seconds=round(time.perf_counter() - started, 1))

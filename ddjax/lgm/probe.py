@@ -127,11 +127,15 @@ def train_probes(rows, labels, seeds, *, num_classes: int, dim: int, epochs: int
     rows, labels = jnp.asarray(rows), jnp.asarray(labels, jnp.int32)
     steps = -(-n // batch_size)
     loss = np.full(len(seeds), np.nan)
-    epochs_iter = range(epochs)
-    bar = progress(epochs_iter, desc=desc) if desc else epochs_iter
-    for epoch in bar:
+    bar = progress(total=epochs, desc=desc) if desc else None
+    for epoch in range(epochs):
         probes, opt_state, loss = epoch_fn(probes, opt_state, variables, rows, labels, seed_keys,
                                            epoch, epoch * steps, cosine_lr(lr, epoch, epochs))
+        if bar is not None:  # an epoch counts when it is done, so the rate and ETA are true
+            jax.block_until_ready(loss)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return probes, np.asarray(loss)
 
 

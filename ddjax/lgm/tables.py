@@ -80,9 +80,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def render(report: dict) -> str:
+def render(report: dict, scale: str | None = None) -> str:
+    """Markdown tables; ``scale`` (``ddjax.smoke.scale_note``) is said first, e.g. that a
+    smoke-sized run's numbers check the plumbing."""
     evals, distills = report["eval_backbones"], report["distill_backbones"]
-    lines = []
+    lines = [f"**{scale}**", ""] if scale else []
     for metric in ("top1", "top5"):
         name = metric.replace("top", "Top-")
         lines += [f"### {name} accuracy (%), probe backbone = distillation backbone", ""]

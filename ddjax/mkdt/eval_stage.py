@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import ml_collections
@@ -29,16 +30,18 @@ from ddjax.data.transforms import normalize
 from ddjax.errors import DdjaxError
 from ddjax.mkdt import objectives
 from ddjax.mkdt import tables as mkdt_tables
-from ddjax.mkdt.lbfgs_probe import fit_probes, probe_accuracy
+from ddjax.mkdt.lbfgs_probe import fit_probes, on_probe_step, probe_accuracy
 from ddjax.mkdt.pretrain import features, init_encoders, pretrain, seed_keys
 from ddjax.mkdt.student import data_identity, load_representations, representations_dir, student_model
 from ddjax.models import build_model
 from ddjax.models.registry import REPRESENTATION_DIM
-from ddjax.runlog import print_summary, write_json_atomic
+from ddjax.smoke import scale_note
+from ddjax.runlog import print_summary, progress, warn, write_json_atomic
 from ddjax.workdir import Stage
 
 READS = ("data", "model", "experts.representations", "distill.percent", "mkdt_eval")
 ROWS = ("no_pretrain", "random", "high_loss", "full", "mkdt")
+TABLES, RESULTS = "tables.md", "results.json"
 KD_ROWS = ("random", "high_loss", "full")
 
 
@@ -105,12 +108,7 @@ class EvalInputs:
     def train_data(self) -> tuple[np.ndarray, np.ndarray]:
         """The normalised train split and the teacher's representations (the KD rows' targets)."""
         if self._train is None:
-            cfg, workdir = self.stage.config, self.stage.workdir
-            if not REPRESENTATIONS.is_complete(representations_dir(cfg, workdir)):
-                raise DdjaxError(f"the {', '.join(KD_ROWS)} rows pre-train by KD to the teacher's "
-                                 f"representations, and there are none at "
-                                 f"{representations_dir(cfg, workdir)}; run `ddjax represent` first, "
-                                 "or leave those rows out of mkdt_eval.rows")
+            cfg, workdir = self.stage.config, self.stage.workdir  # present: check_inputs
             images, labels, spec = load_normalized(cfg.data, "train")
             self._train = images, load_representations(cfg, workdir, spec, len(labels))
         return self._train
@@ -171,16 +169,37 @@ class EvalInputs:
 
     def readable_downstream(self) -> tuple[list[str], dict[str, str]]:
         """The downstream sets to evaluate, and {name: reason} for those skipped."""
-        data, ready, skipped = self.stage.config.data, [], {}
-        for name in self.ev.downstream:
-            reason = None if self.ev.allow_download else local_unavailable_reason(
-                name, archive=data.archive or None, data_dir=data.data_dir or None)
-            if reason is None:
-                ready.append(name)
-            else:
-                skipped[name] = reason
-                print(f"eval mkdt: skipping downstream dataset {name}: {reason}", flush=True)
-        return ready, skipped
+        return readable_downstream(self.stage.config)
+
+
+def readable_downstream(config) -> tuple[list[str], dict[str, str]]:
+    """``mkdt_eval.downstream`` split into the sets readable here (in order) and {name: reason}
+    for the others (no local copy, and ``allow_download`` off)."""
+    ev, data, ready, skipped = config.mkdt_eval, config.data, [], {}
+    for name in ev.downstream:
+        reason = None if ev.allow_download else local_unavailable_reason(
+            name, archive=data.archive or None, data_dir=data.data_dir or None)
+        if reason is None:
+            ready.append(name)
+        else:
+            skipped[name] = reason
+    return ready, skipped
+
+
+def result_paths(config, workdir, datasets: list[str]) -> dict[tuple[str, str], Path]:
+    """{(row, dataset): the ``MKDT_RESULT`` directory} of every row and the given datasets."""
+    rows = list(config.mkdt_eval.rows) + list(parse_extra_synsets(config.mkdt_eval.extra_synsets))
+    return {(row, d): MKDT_RESULT.locate(workdir, row=row, dataset=d) for row in rows for d in datasets}
+
+
+def is_complete(config, workdir) -> bool:
+    """True when a rerun would compute nothing: every (row, readable dataset) result and the
+    tables are written (``ddjax run`` skips the stage then)."""
+    datasets, _ = readable_downstream(config)
+    paths = result_paths(config, workdir, datasets)
+    tables = MKDT_RESULT.locate(workdir, row="x", dataset="x").parent.parent / TABLES
+    return bool(datasets) and tables.exists() and all(MKDT_RESULT.is_complete(p)
+                                                     for p in paths.values())
 
 
 def encoder_model(config, image_size):
@@ -235,31 +254,86 @@ def _encoders(inputs: EvalInputs, row: str, model, image_size):
     return params, state, record
 
 
+def _counting(prepare: Callable, bar, budget: int) -> Callable:
+    """``prepare`` that advances ``bar`` by the images it prepares, at most ``budget`` (the last
+    batch is padded)."""
+    left = [budget]
+
+    def counted(u8):
+        done = min(len(u8), left[0])
+        left[0] -= done
+        bar.update(done)
+        return prepare(u8)
+
+    return counted
+
+
 def evaluate(inputs: EvalInputs, row: str, dataset: str, model, encoders) -> dict:
-    """Probe accuracies of one row on one downstream dataset, for every fraction and seed."""
+    """Probe accuracies of one row on one downstream dataset, for every fraction and seed: the
+    features of every fraction first (one progress bar, in images), then the probes (one bar,
+    in L-BFGS steps)."""
     ev, seeds = inputs.ev, list(inputs.ev.seeds)
     params, state, record = encoders
     train_x, train_y, test_x, test_y, spec = inputs.downstream(dataset)
     prepare = lambda u8: normalize(u8, spec.mean, spec.std)  # noqa: E731
     train_mode = bool(ev.bn_train_mode_features and state)
-    started, accuracy, probe_loss, test = time.perf_counter(), {}, {}, None
-    for fraction in ev.label_fractions:
-        idx = np.stack([label_fraction_indices(len(train_y), fraction, s) for s in seeds])
-        z_train, fed_state = features(model, params, state, train_x, idx, prepare,
-                                      batch_size=ev.feature_batch, train_mode=train_mode)
-        if test is None or train_mode:
-            test, _ = features(model, params, fed_state, test_x, np.arange(len(test_y)), prepare,
-                               batch_size=ev.feature_batch)
-        W, b, loss = fit_probes(z_train, train_y[idx], seed_keys(seeds, 2),
-                                num_classes=spec.num_classes, steps=ev.probe_steps,
-                                max_iter=ev.probe_max_iter, history=ev.probe_history, l2=ev.probe_l2)
-        key = mkdt_tables.fraction_key(fraction)
-        accuracy[key] = np.asarray(probe_accuracy(W, b, test, test_y)).tolist()
-        probe_loss[key] = np.asarray(loss).tolist()
+    fractions = list(ev.label_fractions)
+    picks = {f: np.stack([label_fraction_indices(len(train_y), f, s) for s in seeds])
+             for f in fractions}
+    started, accuracy, probe_loss, test, inputs_of = time.perf_counter(), {}, {}, None, {}
+    images = sum(p.size for p in picks.values()) + len(seeds) * len(test_y) * (
+        len(fractions) if train_mode else 1)
+    with progress(total=images, desc=f"features {row} on {dataset}") as bar:
+        for fraction, idx in picks.items():
+            z_train, fed_state = features(model, params, state, train_x, idx,
+                                          _counting(prepare, bar, idx.size),
+                                          batch_size=ev.feature_batch, train_mode=train_mode)
+            if test is None or train_mode:
+                test, _ = features(model, params, fed_state, test_x, np.arange(len(test_y)),
+                                   _counting(prepare, bar, len(seeds) * len(test_y)),
+                                   batch_size=ev.feature_batch)
+            inputs_of[fraction] = z_train, test
+    steps = ev.probe_steps
+    with progress(total=len(fractions) * steps, desc=f"probes {row} on {dataset}") as bar:
+        for k, fraction in enumerate(fractions):
+            z_train, test = inputs_of.pop(fraction)
+
+            def reached(step, base=k * steps):   # a step's callback may come more than once
+                bar.update(max(0, base + step + 1 - bar.n))
+
+            with on_probe_step(reached):
+                W, b, loss = jax.block_until_ready(fit_probes(
+                    z_train, train_y[picks[fraction]], seed_keys(seeds, 2),
+                    num_classes=spec.num_classes, steps=steps, max_iter=ev.probe_max_iter,
+                    history=ev.probe_history, l2=ev.probe_l2))
+            bar.update(max(0, (k + 1) * steps - bar.n))   # a fit that converged early
+            key = mkdt_tables.fraction_key(fraction)
+            accuracy[key] = np.asarray(probe_accuracy(W, b, test, test_y)).tolist()
+            probe_loss[key] = np.asarray(loss).tolist()
     return {"row": row, "dataset": dataset, "seeds": seeds, "accuracy": accuracy,
             "probe_loss": probe_loss, "feature_dim": int(test.shape[-1]),
             "num_test": int(len(test_y)), "pretraining": record,
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def check_inputs(inputs: EvalInputs, datasets: list[str]) -> dict[str, str]:
+    """{row: source} of every row, after checking that the inputs of every row still to
+    evaluate exist (the distilled sets, the selections, the teacher's representations), so a
+    missing one is one line before anything is pre-trained or probed."""
+    cfg, workdir = inputs.stage.config, inputs.stage.workdir
+    sources = {row: inputs.source(row) for row in inputs.rows}  # a missing distilled set: here
+    for row in inputs.rows:
+        done = all(MKDT_RESULT.is_complete(MKDT_RESULT.locate(workdir, row=row, dataset=d))
+                   for d in datasets)
+        if done or MKDT_ENCODERS.is_complete(MKDT_ENCODERS.locate(workdir, row=row)):
+            continue
+        if row in KD_ROWS and not REPRESENTATIONS.is_complete(representations_dir(cfg, workdir)):
+            raise DdjaxError(f"the {row} row pre-trains by KD to the teacher's representations, "
+                             f"and there are none at {representations_dir(cfg, workdir)}; run "
+                             f"`ddjax represent` first, or leave {row} out of mkdt_eval.rows")
+        if row in ("random", "high_loss"):
+            selection_indices(workdir, row, cfg.distill.percent, data_identity(cfg))
+    return sources
 
 
 def run(stage: Stage) -> dict:
@@ -270,9 +344,12 @@ def run(stage: Stage) -> dict:
     if not datasets:
         raise DdjaxError("no downstream dataset is readable here: "
                          + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    if skipped:
+        warn(f"eval mkdt: skipping the downstream datasets not readable here: "
+             f"{', '.join(skipped)} (the tables say why)")
+    sources = check_inputs(inputs, datasets)
     image_size = tuple(dataset_spec(stage.config.data).image_size or (32, 32))
     model = encoder_model(stage.config, image_size)
-    sources = {row: inputs.source(row) for row in inputs.rows}  # a missing set fails here, first
     results = []
     for r, row in enumerate(inputs.rows):
         paths = {d: MKDT_RESULT.locate(stage.workdir, row=row, dataset=d) for d in datasets}
@@ -291,15 +368,15 @@ def run(stage: Stage) -> dict:
                 write_result(MKDT_RESULT, paths[dataset], result)
             results.append(read_result(MKDT_RESULT, paths[dataset]))
     report = mkdt_tables.build_report(results, inputs.rows, datasets, list(ev.label_fractions), skipped)
-    text = mkdt_tables.render(report)
+    text = mkdt_tables.render(report, scale=scale_note(stage.workdir, "mkdt"))
     print(text, flush=True)
-    (stage.directory / "tables.md").write_text(text + "\n")
-    write_json_atomic(stage.directory / "results.json", report)
+    (stage.directory / TABLES).write_text(text + "\n")
+    write_json_atomic(stage.directory / RESULTS, report)
     own = stage.config.data.name
     headline = {row: {k: t.get(row, {}).get(own, {}).get("mean") for k, t in report["tables"].items()}
                 for row in inputs.rows}
     return print_summary("eval mkdt", stage.workdir,
-                         {"results": stage.directory / "results.json",
-                          "tables": stage.directory / "tables.md"},
+                         {"results": stage.directory / RESULTS,
+                          "tables": stage.directory / TABLES},
                          top1_on_own_dataset=headline, skipped=sorted(skipped),
                          seconds=round(time.perf_counter() - started, 1))

@@ -9,7 +9,9 @@ jittable function that vmaps over seeds (``fit_probes``). See docs/mkdt.md#evalu
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +110,51 @@ def fit_linear_probe(features, labels, key, *, num_classes: int, steps: int = 20
     ends ~1e-5 apart), and near convergence the discrete breaks (``|loss - prev_loss| < 1e-9`` is
     ``loss == prev_loss`` there, ``y.s > 1e-10``) can fall either way in either implementation.
     """
+    init, lbfgs_step, finish = _lbfgs(features, labels, num_classes=num_classes, max_iter=max_iter,
+                                      max_eval=max_eval, history=history, lr=lr, l2=l2,
+                                      tolerance_grad=tolerance_grad,
+                                      tolerance_change=tolerance_change)
+
+    def one_step(c, step):
+        c = lbfgs_step(c)
+        jax.debug.callback(_step_done, step)  # progress bars (``on_probe_step``); no values read
+        return c, None
+
+    with jax.default_matmul_precision("highest"):
+        final, _ = jax.lax.scan(one_step, init(key), jnp.arange(steps))
+    return finish(final)
+
+
+# Called on the host after each L-BFGS ``.step`` of a running fit with the step's index (XLA may
+# call it more than once per step, e.g. for a duplicated loop body): what ``on_probe_step``
+# registered.
+_STEP_LISTENERS: list[Callable[[int], None]] = []
+
+
+def _step_done(step) -> None:
+    for listener in list(_STEP_LISTENERS):
+        listener(int(step))
+
+
+@contextlib.contextmanager
+def on_probe_step(listener: Callable[[int], None]) -> Iterator[None]:
+    """Call ``listener(i)`` when L-BFGS ``.step`` ``i`` (0-based) of a fit that runs inside the
+    block has finished, possibly more than once per ``i``: a progress bar sets its position to
+    the highest ``i + 1`` seen. Wait for the fit's results inside the block. The callback reads
+    no array, so the fit computes exactly what it computes without one."""
+    _STEP_LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        _STEP_LISTENERS.remove(listener)
+
+
+def _lbfgs(features, labels, *, num_classes: int, max_iter: int = 20,
+           max_eval: int | None = None, history: int = 100, lr: float = 1.0, l2: float = 1e-3,
+           tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9):
+    """``(init(key) -> carry, lbfgs_step(carry) -> carry, finish(carry) -> (W, b, loss))``: the
+    pieces of ``fit_linear_probe`` (one ``lbfgs_step`` is one torch ``.step``). Trace them under
+    ``jax.default_matmul_precision("highest")``."""
     if max_eval is None:
         max_eval = max_iter * 5 // 4
     dim = features.shape[-1]
@@ -124,72 +171,75 @@ def fit_linear_probe(features, labels, key, *, num_classes: int, steps: int = 20
     value_and_grad = jax.value_and_grad(objective)
     tx = optax.scale_by_lbfgs(memory_size=history, scale_init_precond=True)
 
-    with jax.default_matmul_precision("highest"):
+    def init(key):
         w0, b0 = torch_linear_init(key, dim, num_classes, dtype)
         theta0 = jnp.concatenate([w0.ravel(), b0])
         loss0, g0 = value_and_grad(theta0)
         zeros = jnp.zeros_like(theta0)
-        # count = 1: "past the first step", empty memory (see the module docstring).
+        # count = 1: "past the first step", empty memory (see fit_linear_probe's docstring).
         opt0 = tx.init(theta0)._replace(count=jnp.asarray(1, jnp.int32))
-        carry0 = dict(theta=theta0, loss=loss0, g=g0, d=zeros, t=jnp.zeros((), dtype),
-                      g_prev=zeros, prev_loss=jnp.zeros((), dtype), opt=opt0,
-                      n_total=jnp.zeros((), jnp.int32))
+        return dict(theta=theta0, loss=loss0, g=g0, d=zeros, t=jnp.zeros((), dtype),
+                    g_prev=zeros, prev_loss=jnp.zeros((), dtype), opt=opt0,
+                    n_total=jnp.zeros((), jnp.int32))
 
-        def iteration(inner):
-            c, n_iter, _ = inner
-            n_iter = n_iter + 1
-            n_total = c["n_total"] + 1
-            first = n_total == 1
-            g = c["g"]
+    def iteration(inner):
+        c, n_iter, _ = inner
+        n_iter = n_iter + 1
+        n_total = c["n_total"] + 1
+        first = n_total == 1
+        g = c["g"]
+        zeros = jnp.zeros_like(g)
 
-            # Curvature pair from the previous iteration (possibly of the previous .step).
-            y = g - c["g_prev"]
-            s = c["d"] * c["t"]
-            accept = jnp.logical_and(~first, jnp.vdot(y, s) > CURVATURE_EPS)
-            opt = c["opt"]
-            have_pairs = opt.count > 1
-            last = (opt.count - 2) % history  # slot of the newest accepted pair
-            s_last = opt.diff_params_memory[last]
-            y_last = opt.diff_updates_memory[last]
-            opt_in = opt._replace(
-                count=jnp.where(accept, opt.count, opt.count - 1),
-                params=zeros,
-                updates=jnp.where(accept, c["g_prev"], g - y_last),
-            )
-            hg, opt_out = tx.update(g, opt_in, jnp.where(accept, s, s_last))
-            opt = _tree_where(accept, opt_out, opt)
-            use_hg = jnp.logical_and(~first, jnp.logical_or(accept, have_pairs))
-            d = jnp.where(use_hg, -hg, -g)
+        # Curvature pair from the previous iteration (possibly of the previous .step).
+        y = g - c["g_prev"]
+        s = c["d"] * c["t"]
+        accept = jnp.logical_and(~first, jnp.vdot(y, s) > CURVATURE_EPS)
+        opt = c["opt"]
+        have_pairs = opt.count > 1
+        last = (opt.count - 2) % history  # slot of the newest accepted pair
+        s_last = opt.diff_params_memory[last]
+        y_last = opt.diff_updates_memory[last]
+        opt_in = opt._replace(
+            count=jnp.where(accept, opt.count, opt.count - 1),
+            params=zeros,
+            updates=jnp.where(accept, c["g_prev"], g - y_last),
+        )
+        hg, opt_out = tx.update(g, opt_in, jnp.where(accept, s, s_last))
+        opt = _tree_where(accept, opt_out, opt)
+        use_hg = jnp.logical_and(~first, jnp.logical_or(accept, have_pairs))
+        d = jnp.where(use_hg, -hg, -g)
 
-            g_prev, prev_loss = g, c["loss"]
-            t = jnp.where(first, jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(g))) * lr,
-                          jnp.asarray(lr, dtype)).astype(dtype)
-            descent = jnp.vdot(g, d) <= -tolerance_change  # else torch breaks before moving
+        g_prev, prev_loss = g, c["loss"]
+        t = jnp.where(first, jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(g))) * lr,
+                      jnp.asarray(lr, dtype)).astype(dtype)
+        descent = jnp.vdot(g, d) <= -tolerance_change  # else torch breaks before moving
 
-            theta = jnp.where(descent, c["theta"] + t * d, c["theta"])
-            loss_new, g_new = value_and_grad(theta)
-            loss = jnp.where(descent, loss_new, c["loss"])
-            g = jnp.where(descent, g_new, g)
+        theta = jnp.where(descent, c["theta"] + t * d, c["theta"])
+        loss_new, g_new = value_and_grad(theta)
+        loss = jnp.where(descent, loss_new, c["loss"])
+        g = jnp.where(descent, g_new, g)
 
-            stop = (~descent
-                    | (n_iter == max_iter)
-                    | (1 + n_iter >= max_eval)
-                    | (jnp.max(jnp.abs(g)) <= tolerance_grad)
-                    | (jnp.max(jnp.abs(d * t)) <= tolerance_change)
-                    | (jnp.abs(loss - prev_loss) < tolerance_change))
-            c = dict(theta=theta, loss=loss, g=g, d=d, t=t, g_prev=g_prev, prev_loss=prev_loss,
-                     opt=opt, n_total=n_total)
-            return c, n_iter, stop
+        stop = (~descent
+                | (n_iter == max_iter)
+                | (1 + n_iter >= max_eval)
+                | (jnp.max(jnp.abs(g)) <= tolerance_grad)
+                | (jnp.max(jnp.abs(d * t)) <= tolerance_change)
+                | (jnp.abs(loss - prev_loss) < tolerance_change))
+        c = dict(theta=theta, loss=loss, g=g, d=d, t=t, g_prev=g_prev, prev_loss=prev_loss,
+                 opt=opt, n_total=n_total)
+        return c, n_iter, stop
 
-        def lbfgs_step(c, _):
-            optimal = jnp.max(jnp.abs(c["g"])) <= tolerance_grad
-            c, _, _ = jax.lax.while_loop(lambda inner: ~inner[2], iteration,
-                                         (c, jnp.zeros((), jnp.int32), optimal))
-            return c, None
+    def lbfgs_step(c):
+        optimal = jnp.max(jnp.abs(c["g"])) <= tolerance_grad
+        c, _, _ = jax.lax.while_loop(lambda inner: ~inner[2], iteration,
+                                     (c, jnp.zeros((), jnp.int32), optimal))
+        return c
 
-        final, _ = jax.lax.scan(lbfgs_step, carry0, None, length=steps)
-    w, b = unflatten(final["theta"])
-    return w, b, final["loss"]
+    def finish(c):
+        w, b = unflatten(c["theta"])
+        return w, b, c["loss"]
+
+    return init, lbfgs_step, finish
 
 
 _STATIC = ("num_classes", "steps", "max_iter", "max_eval", "history", "lr", "l2",

@@ -40,9 +40,11 @@ def _label(row: str) -> str:
     return ROW_LABELS.get(row, row)
 
 
-def render(report: dict) -> str:
+def render(report: dict, scale: str | None = None) -> str:
+    """Markdown tables; ``scale`` (``ddjax.smoke.scale_note``) is said first, e.g. that a
+    smoke-sized run's numbers check the plumbing."""
     datasets = report["datasets"]
-    lines = []
+    lines = [f"**{scale}**", ""] if scale else []
     for key in report["fractions"]:
         lines += [f"### Linear probe top-1 (%), {float(key) * 100:g}% labels", "",
                   "| pre-training set | " + " | ".join(datasets) + " |",

@@ -34,14 +34,23 @@ def map_batches(fn: Callable[[Any], Any], n: int, batch_size: int,
     cut = (slice(None),) * axis
     outputs, pending = [], None
     starts = range(0, n, batch_size)
-    for start in (progress(starts, desc=desc) if desc else starts):
+    bar = progress(total=len(starts), desc=desc) if desc else None
+
+    def collect(result, valid: int) -> None:  # waits for a batch; the bar counts finished ones
+        outputs.append(np.asarray(result)[cut + (slice(0, valid),)])
+        if bar is not None:
+            bar.update(1)
+
+    for start in starts:
         idx = np.arange(start, min(start + batch_size, n))
         valid = len(idx)
         if pad and valid < batch_size:
             idx = np.concatenate([idx, np.full(batch_size - valid, idx[-1])])
         out = fn(take(idx))  # dispatched; waited for after the next batch is dispatched
         if pending is not None:
-            outputs.append(np.asarray(pending[0])[cut + (slice(0, pending[1]),)])
+            collect(*pending)
         pending = (out, valid)
-    outputs.append(np.asarray(pending[0])[cut + (slice(0, pending[1]),)])
+    collect(*pending)
+    if bar is not None:
+        bar.close()
     return np.concatenate(outputs, axis=axis)

@@ -14,6 +14,7 @@ from ddjax.report import collect as _collect
 from ddjax.report import figures, grids
 from ddjax.report.page import Page
 from ddjax.runlog import scalar_metrics, series_name, series_of
+from ddjax.smoke import smoke_sentence
 
 REPORT_DIR = "report"
 _HIDDEN = ("seconds", "train_seconds")   # bookkeeping, not results
@@ -140,8 +141,7 @@ def write_report(workdir: str | Path) -> Path:
               f"present: {', '.join(stages)}."
               + (f" Not run here: {', '.join(missing)}." if missing else ""))
     if run.smoke:
-        page.note(f"Smoke-sized run ({'; '.join(run.smoke)}): these numbers check the plumbing "
-                  "and are not a measurement.")
+        page.note(smoke_sentence(run.smoke))
     page.heading("At a glance")
     _glance(page, run)
 

@@ -20,15 +20,12 @@ from ddjax.artifacts.synset import SYNSET, read_synset
 from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
 from ddjax.errors import DdjaxError
 from ddjax.runlog import MetricsLog
+from ddjax.smoke import recorded_configs, smoke_reasons
 
 # Stage directories in pipeline order, with the command that fills each.
 STAGES = {"teacher": "ddjax teacher", "represent": "ddjax represent", "experts": "ddjax experts",
           "select": "ddjax select high-loss|random", "distill": "ddjax distill mkdt",
           "mkdt_eval": "ddjax eval mkdt", "lgm": "ddjax distill lgm", "lgm_eval": "ddjax eval lgm"}
-# A run is smoke-sized (its numbers test the plumbing, they measure nothing) when it trains on
-# fewer than SMOKE_TRAIN_IMAGES images or distils for fewer than SMOKE_ITERATIONS iterations.
-SMOKE_TRAIN_IMAGES = 10_000
-SMOKE_ITERATIONS = 50
 # At most this many saved MKDT sets are shown (the first, the last, evenly spaced between).
 MAX_SYNSET_GRIDS = 4
 
@@ -77,40 +74,14 @@ class Run:
     smoke: list[str]                                # why the run is smoke-sized; [] if not
 
 
-def _configs(directory: Path) -> dict[str, dict]:
-    found = {}
-    for path in sorted(directory.glob("config*.json")):
-        try:
-            found[path.name] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 def read_stage(workdir: Path, name: str) -> StageData | None:
     """A stage's recorded configs and metrics; None when it has not run here."""
     directory = workdir / name
-    configs = _configs(directory) if directory.is_dir() else {}
+    configs = recorded_configs(directory) if directory.is_dir() else {}
     records = MetricsLog(directory, name, primary=False).read()
     if not configs and not records:
         return None
     return StageData(name, directory, configs, records)
-
-
-def smoke_reasons(stages: dict[str, StageData]) -> list[str]:
-    """Why the run is smoke-sized (see ``SMOKE_TRAIN_IMAGES``, ``SMOKE_ITERATIONS``), or []."""
-    reasons: list[str] = []
-    for stage in stages.values():
-        config = stage.config
-        for section in ("data", "teacher"):
-            subset = (config.get(section) or {}).get("train_subset") or 0
-            if 0 < subset < SMOKE_TRAIN_IMAGES:
-                reasons.append(f"{section}.train_subset = {subset:,} < {SMOKE_TRAIN_IMAGES:,}")
-        for section in ("distill", "lgm"):
-            iterations = (config.get(section) or {}).get("iterations")
-            if isinstance(iterations, int) and iterations < SMOKE_ITERATIONS:
-                reasons.append(f"{section}.iterations = {iterations} < {SMOKE_ITERATIONS}")
-    return list(dict.fromkeys(reasons))
 
 
 def _results(artifact, workdir: Path) -> list[dict]:
@@ -196,7 +167,8 @@ def collect(workdir: str | Path) -> Run:
                                          lgm_results),
                mkdt_results=mkdt_results, lgm_results=lgm_results, lgm_alignment=alignment,
                mkdt_synsets=[(int(SYNSET.read_meta(p).get("iteration", -1)), p) for p in shown],
-               mkdt_synsets_saved=len(synsets), lgm_sets=lgm_sets, smoke=smoke_reasons(stages))
+               mkdt_synsets_saved=len(synsets), lgm_sets=lgm_sets,
+               smoke=smoke_reasons(s.config for s in stages.values()))
 
 
 def train_labels(data: dict, rows: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from ddjax.data.transforms import normalize
+from ddjax.errors import DdjaxError
 from ddjax.models.batched import map_batches
 
 
@@ -26,6 +27,9 @@ def encode_images(model, variables, images_NHWC, mean, std, batch_size: int = 50
     """Eval-mode features (float32 [N, D]) of uint8 images, normalised ``(x/255 - mean)/std``,
     in the given order, in batches of ``batch_size`` (the last one padded: one compilation);
     no augmentation, BatchNorm on its running statistics. ``desc`` shows a progress bar."""
+    if np.ndim(images_NHWC) != 4 or images_NHWC.shape[0] == 0:
+        raise DdjaxError(f"encode_images needs a non-empty [N, H, W, C] batch of images, got shape "
+                         f"{tuple(np.shape(images_NHWC))}")
     apply = _eval_apply(model)
     n = images_NHWC.shape[0]
     features = map_batches(lambda x: apply(variables, x), n, min(batch_size, n),

@@ -132,7 +132,7 @@ def test_barlow_twins_experts_then_mtt_ssl_distillation(toy_pipeline, tmp_path):
     assert record["objective"] == "barlow_twins" and record["lr"] == pytest.approx(float(last["lr"]))
     assert np.isfinite(record["final_loss"]).all()
     code, _, err = toy.cli(["eval", "mkdt"], tmp_path / "ssl_random", evaluate + ["mkdt_eval.rows=('random',)"])
-    assert code == 2 and "pre-train by KD" in err.strip().splitlines()[-1]
+    assert code == 2 and "pre-trains by KD" in err.strip().splitlines()[-1]
 
     # Modes and stores must agree, both ways, as one-line errors naming the mode and the loss.
     def distill_copy(name, overrides, store_meta=None):
