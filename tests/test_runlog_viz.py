@@ -2,9 +2,11 @@
 
 import json
 
+import jax
 import numpy as np
 from PIL import Image
 
+from ddjax import mesh
 from ddjax.runlog import MetricsLog, print_summary
 from ddjax.viz import image_grid, save_image_grid
 
@@ -19,12 +21,19 @@ def test_metrics_append_across_instances(tmp_path):
     assert all(r["stage"] == "experts" for r in records)
 
 
-def test_summary_is_one_json_line(capsys):
+def test_summary_is_one_json_line_naming_the_mesh_once_built(capsys, monkeypatch):
+    expected = {"stage": "distill", "workdir": "/tmp/w", "artifacts": {"images": "/tmp/w/x"},
+                "loss": 0.125}
+    monkeypatch.setattr(mesh, "_MESH", [])  # the mesh is the process's: other tests may build it
     print_summary("distill", "/tmp/w", {"images": "/tmp/w/x"}, loss=np.float64(0.125))
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1
-    assert json.loads(out[0]) == {"stage": "distill", "workdir": "/tmp/w",
-                                  "artifacts": {"images": "/tmp/w/x"}, "loss": 0.125}
+    assert len(out) == 1 and json.loads(out[0]) == expected
+    mesh.build()
+    print_summary("distill", "/tmp/w", {"images": "/tmp/w/x"}, loss=np.float64(0.125))
+    [line] = capsys.readouterr().out.strip().splitlines()
+    devices = len(jax.devices())
+    assert json.loads(line) == {**expected, "mesh": {"devices": devices, "processes": 1,
+                                                     "shape": {"data": devices}}}
 
 
 def test_grid_places_each_image_in_row_major_order(tmp_path):
