@@ -244,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     except DdjaxError as err:
         print(f"ddjax: error: {err}", file=sys.stderr)
         return 2
+    except Exception:
+        if "jax" in sys.modules:  # a dead peer: its one line, not this traceback
+            from ddjax import mesh
+
+            mesh.await_peer_verdict()
+        raise
     return 0
 
 

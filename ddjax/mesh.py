@@ -86,6 +86,14 @@ def _watch_peers(every: float = 2.0) -> None:
             os._exit(3)
 
 
+def await_peer_verdict(wait_seconds: float = 2 * HEARTBEAT_SECONDS) -> None:
+    """After an error in a multi-process run (a collective whose peer died fails at once, e.g.
+    Gloo's "Connection reset by peer"), give the watchdog time to notice a stopped process; it
+    then ends this one with its one line. Returns when no peer stopped (or on one process)."""
+    if jax.process_count() > 1 and not _FINISHING.is_set():
+        time.sleep(wait_seconds)
+
+
 def finish(wait_seconds: float = 60.0) -> None:
     """Wait for every process at the end of a command, then leave the run in order: the others
     disconnect first, process 0 (which hosts the coordination service) last, once it sees them
@@ -163,6 +171,12 @@ def replicated(mesh: Mesh | None = None) -> NamedSharding:
 def along_data(mesh: Mesh | None = None) -> NamedSharding:
     """The leading axis split over the data axis, the rest replicated."""
     return NamedSharding(mesh or current(), PartitionSpec(DATA))
+
+
+def divisible_batch(batch_size: int, mesh: Mesh | None = None) -> int:
+    """``batch_size`` rounded up to a multiple of the data axis, so a batch splits evenly."""
+    ways = data_size(mesh)
+    return -(-batch_size // ways) * ways
 
 
 def splits(n: int, mesh: Mesh | None = None) -> bool:

@@ -67,3 +67,11 @@ def run_layout(args: list[str], *, devices: int, processes: int = 1) -> list[tup
 def relative_error(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
+
+
+def run_python(code: str, *, devices: int) -> str:
+    """The stdout of ``python -c CODE`` in one process with ``devices`` virtual CPU devices."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(devices),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout

@@ -43,34 +43,32 @@ def _metrics(workdir):
     return [json.loads(line) for line in (workdir / "distill" / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_distill_mkdt_on_8_devices_and_2_processes_equals_1_device(toy_pipeline, tmp_path):
+def test_distill_mkdt_on_2_processes_equals_1_device(toy_pipeline, tmp_path):
+    """2 processes x 4 devices: a mesh of 8 over two hosts (the other stages' tests cover 8
+    devices in one process)."""
     toy, base = toy_pipeline, tmp_path / "base"
     _prepare(toy, base)
-    one, eight, two_by_four = tmp_path / "one", tmp_path / "eight", tmp_path / "two_by_four"
-    for workdir in (one, eight, two_by_four):
+    one, two_by_four = tmp_path / "one", tmp_path / "two_by_four"
+    for workdir in (one, two_by_four):
         _copy_inputs(base, workdir)
     code, out, err = toy.cli(["distill", "mkdt"], one, DISTILL)
     assert code == 0, err
     assert toy.summary(out)["mesh"] == {"devices": 1, "processes": 1, "shape": {"data": 1}}
     config = str(REPO / "experiments" / "smoke.py")
-    overrides = [*toy.overrides, *DISTILL]
-    [(_, out8, _)] = run_layout(stage_args(["distill", "mkdt"], eight, overrides, config), devices=8)
-    results = run_layout(stage_args(["distill", "mkdt"], two_by_four, overrides, config),
-                         devices=4, processes=2)
-    summaries = [json.loads(out.strip().splitlines()[-1]) for out in [out8] + [r[1] for r in results]]
-    assert summaries[0]["mesh"] == {"devices": 8, "processes": 1, "shape": {"data": 8}}
-    assert all(s["mesh"] == {"devices": 8, "processes": 2, "shape": {"data": 8}} for s in summaries[1:])
-    for workdir in (eight, two_by_four):
-        for k in (0, 2, 4):
-            _assert_same_set(one, workdir, k)
-        # One metrics file, written once (by process 0), with the 1-device run's figures.
-        ours, theirs = _metrics(one), _metrics(workdir)
-        assert [r["step"] for r in theirs] == [1, 2, 3, 4]
-        for a, b in zip(ours, theirs):
-            assert b["loss"] == pytest.approx(a["loss"], rel=TOLERANCE)
-            assert b["lambda_max_start"] == pytest.approx(a["lambda_max_start"], rel=1e-3) \
-                if "lambda_max_start" in a else "lambda_max_start" not in b
-        assert theirs[0]["mesh"]["devices"] == 8
+    results = run_layout(stage_args(["distill", "mkdt"], two_by_four, [*toy.overrides, *DISTILL],
+                                    config), devices=4, processes=2)
+    summaries = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results]
+    assert all(s["mesh"] == {"devices": 8, "processes": 2, "shape": {"data": 8}} for s in summaries)
+    for k in (0, 2, 4):
+        _assert_same_set(one, two_by_four, k)
+    # One metrics file, written once (by process 0), with the 1-device run's figures.
+    ours, theirs = _metrics(one), _metrics(two_by_four)
+    assert [r["step"] for r in theirs] == [1, 2, 3, 4]
+    for a, b in zip(ours, theirs):
+        assert b["loss"] == pytest.approx(a["loss"], rel=TOLERANCE)
+        assert b["lambda_max_start"] == pytest.approx(a["lambda_max_start"], rel=1e-3) \
+            if "lambda_max_start" in a else "lambda_max_start" not in b
+    assert theirs[0]["mesh"]["devices"] == 8
 
 
 def test_killed_process_stops_its_peer_and_the_run_resumes_on_one_device(toy_pipeline, tmp_path):
@@ -107,26 +105,39 @@ def test_killed_process_stops_its_peer_and_the_run_resumes_on_one_device(toy_pip
     assert steps == list(range(1, 31))
 
 
-TEACHER = ["teacher.batch_size=8", "teacher.model_kwargs.width=4", "teacher.projector_hidden_dims=(16,)",
-           "teacher.projector_output_dim=16", "teacher.epochs=2", "teacher.knn_every=1"]
+TEACHER = ["teacher.batch_size=16", "teacher.model_kwargs.width=4", "teacher.projector_hidden_dims=(16,)",
+           "teacher.projector_output_dim=16", "teacher.epochs=1", "teacher.knn_every=1"]
 
 
-def test_teacher_on_8_devices_equals_1_device(toy_pipeline, tmp_path):
-    """Data parallel: the batch split over 8 devices, BatchNorm statistics over the global batch."""
+def test_teacher_and_represent_on_8_devices_equal_1_device(toy_pipeline, tmp_path):
+    """Data parallel: the batch split over 8 devices, BatchNorm statistics over the global batch.
+
+    Two steps (batch 16 of the toy's 36 images): they agree to ~1e-6. Over 8 steps at batch 8 the
+    Barlow Twins loss (per-dimension standardisation over 8 samples) and LARS amplify the
+    summation-order difference to ~1e-3, which says nothing about the sharding. The
+    representations of the 1-device teacher, computed on 8 devices, equal the 1-device ones."""
+    from ddjax.artifacts.representations import REPRESENTATIONS, read_representations
     from ddjax.artifacts.teacher import TEACHER as TEACHER_ARTIFACT
     from ddjax.checkpoint import load_pytree
 
     toy, one, eight = toy_pipeline, tmp_path / "one", tmp_path / "eight"
-    code, out, err = toy.cli(["teacher"], one, TEACHER)
-    assert code == 0, err
+    for command in (["teacher"], ["represent"]):
+        code, out, err = toy.cli(command, one, TEACHER)
+        assert code == 0, err
+    shutil.copytree(one / "teacher", tmp_path / "eight_represent" / "teacher")
     config = str(REPO / "experiments" / "smoke.py")
-    [(_, out8, _)] = run_layout(stage_args(["teacher"], eight, [*toy.overrides, *TEACHER], config),
-                                devices=8)
-    assert json.loads(out8.strip().splitlines()[-1])["mesh"]["devices"] == 8
+    for command, workdir in ((["teacher"], eight), (["represent"], tmp_path / "eight_represent")):
+        [(_, out8, _)] = run_layout(stage_args(command, workdir, [*toy.overrides, *TEACHER], config),
+                                    devices=8)
+        assert json.loads(out8.strip().splitlines()[-1])["mesh"]["devices"] == 8
     a = load_pytree(TEACHER_ARTIFACT.locate(one) / "arrays")
     b = load_pytree(TEACHER_ARTIFACT.locate(eight) / "arrays")
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
         assert relative_error(x, y) <= TOLERANCE, jax.tree_util.keystr(path)
+    reps_one, _ = read_representations(REPRESENTATIONS.locate(one))
+    reps_eight, _ = read_representations(REPRESENTATIONS.locate(tmp_path / "eight_represent"))
+    assert reps_one.shape == reps_eight.shape == (toy.train_images, reps_one.shape[1])
+    assert relative_error(reps_one, reps_eight) <= 1e-5
 
 
 def test_experts_on_8_devices_equal_1_device(toy_pipeline, tmp_path):
@@ -147,3 +158,37 @@ def test_experts_on_8_devices_equal_1_device(toy_pipeline, tmp_path):
         for epoch in a.meta["kept_epochs"]:
             for x, y in zip(*(jax.tree.leaves(s.load_epoch(e, epoch)) for s in (a, b))):
                 assert relative_error(x, y) <= TOLERANCE
+
+
+EVAL = ["mkdt_eval.rows=('random',)", "mkdt_eval.downstream=('toy',)",
+        "mkdt_eval.label_fractions=(0.5,)", "mkdt_eval.seeds=(0, 1, 2, 3, 4, 5, 6, 7)",
+        "mkdt_eval.epochs=1", "mkdt_eval.batch_size=12", "mkdt_eval.probe_steps=2",
+        "mkdt_eval.feature_batch=8"]
+
+
+def test_eval_on_8_devices_equals_1_device(toy_pipeline, tmp_path):
+    """The seeds split over the devices (8 seeds, one per device): the encoders pre-trained by
+    KD on the random subset, their features' probes and the accuracies equal the 1-device run's."""
+    from ddjax.artifacts.results import MKDT_ENCODERS, MKDT_RESULT, read_result
+
+    toy, one, eight = toy_pipeline, tmp_path / "one", tmp_path / "eight"
+    for workdir in (one, eight):
+        toy.write_reps(workdir)
+        code, _, err = toy.cli(["select", "random"], workdir)
+        assert code == 0, err
+    code, _, err = toy.cli(["eval", "mkdt"], one, EVAL)
+    assert code == 0, err
+    config = str(REPO / "experiments" / "smoke.py")
+    [(_, out8, _)] = run_layout(stage_args(["eval", "mkdt"], eight, [*toy.overrides, *EVAL], config),
+                                devices=8)
+    assert json.loads(out8.strip().splitlines()[-1])["mesh"]["devices"] == 8
+    a, _ = MKDT_ENCODERS.read(MKDT_ENCODERS.locate(one, row="random"))
+    b, _ = MKDT_ENCODERS.read(MKDT_ENCODERS.locate(eight, row="random"))
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+        assert relative_error(x, y) <= TOLERANCE, jax.tree_util.keystr(path)
+    ours, theirs = (read_result(MKDT_RESULT, MKDT_RESULT.locate(w, row="random", dataset="toy"))
+                    for w in (one, eight))
+    assert theirs["seeds"] == ours["seeds"] == list(range(8))
+    assert theirs["accuracy"] == ours["accuracy"]
+    for fraction, losses in ours["probe_loss"].items():
+        np.testing.assert_allclose(theirs["probe_loss"][fraction], losses, rtol=1e-4)

@@ -22,7 +22,7 @@ from ddjax.artifacts.teacher import write_artifact
 from ddjax.cli import main
 from ddjax.data import load_arrays
 from ddjax.models import build_model, init_params
-from scaling_helpers import REPO, finish, relative_error, stage_args, start
+from scaling_helpers import REPO, finish, relative_error, run_python, stage_args, start
 
 TOLERANCE = 1e-4
 CONFIG = str(REPO / "experiments" / "smoke.py") + ":lgm"
@@ -126,3 +126,29 @@ def test_a_non_finite_loss_stops_the_run_before_anything_of_it_is_written(lgm_to
     resume = workdir / "lgm" / "tiny" / "resume"
     assert sorted(p.name for p in resume.iterdir() if p.name.isdigit()) == ["4"]
     assert not LGM_SET.is_complete(LGM_SET.locate(workdir, tag="tiny"))
+
+
+PROBES = """
+import json
+import jax
+import numpy as np
+from ddjax import mesh
+from ddjax.lgm.probe import topk_accuracy, train_probes
+
+rng = np.random.default_rng(0)
+features, labels = rng.normal(size=(40, 6)).astype(np.float32), rng.integers(0, 3, 40)
+probes, loss = train_probes(features, labels, list(range(8)), num_classes=3, dim=6, epochs=3,
+                            batch_size=16, lr=0.05)
+print(json.dumps({"W": mesh.fetch(probes.W).tolist(), "loss": loss.tolist(),
+                  "top1": topk_accuracy(probes, features, labels, 1).tolist(),
+                  "devices": jax.device_count()}))
+"""
+
+
+def test_eval_probes_split_over_8_devices_equal_1_device():
+    """LGM's evaluation probes, 8 seeds split one per device, train as on one device."""
+    one, eight = (json.loads(run_python(PROBES, devices=n).strip().splitlines()[-1]) for n in (1, 8))
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    assert relative_error(one["W"], eight["W"]) <= 1e-5
+    np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-5)
+    assert eight["top1"] == one["top1"]

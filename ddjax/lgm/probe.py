@@ -2,8 +2,9 @@
 
 A probe (W ~ N(0, 0.01^2), b = 0) is trained with Adam on mean cross-entropy, the learning rate
 on a per-epoch cosine to 0, on images augmented and embedded every epoch or on precomputed
-features; several seeds train at once (vmapped, one backbone pass for all). The figures are test
-top-1/top-5 after the final epoch. Batching, seeding and schedule: docs/lgm.md#evaluation.
+features; several seeds train at once (vmapped, one backbone pass for all; the seeds split over
+the mesh's data axis when they divide over it, docs/scaling.md). The figures are test top-1/top-5
+after the final epoch. Batching, seeding and schedule: docs/lgm.md#evaluation.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ddjax import mesh
 from ddjax.lgm.step import PROBE_STD, Probes
 from ddjax.lgm.augment import augment, center_view, sample_aug
 from ddjax.models.batched import map_batches
@@ -121,10 +123,11 @@ def train_probes(rows, labels, seeds, *, num_classes: int, dim: int, epochs: int
     n = len(labels)
     batch_size = min(batch_size, n)
     epoch_fn = make_probe_epoch_fn(embed, n, batch_size, num_classes)
-    probes = init_probes(seeds, num_classes, dim)
+    probes, seed_keys = mesh.shard((init_probes(seeds, num_classes, dim),
+                                    jnp.stack([jax.random.key(s) for s in seeds])))
     opt_state = jax.vmap(optax.scale_by_adam().init)(probes)
-    seed_keys = jnp.stack([jax.random.key(s) for s in seeds])
-    rows, labels = jnp.asarray(rows), jnp.asarray(labels, jnp.int32)
+    rows, labels, variables = mesh.replicate((np.asarray(rows), np.asarray(labels, np.int32),
+                                              variables))
     steps = -(-n // batch_size)
     loss = np.full(len(seeds), np.nan)
     bar = progress(total=epochs, desc=desc) if desc else None
@@ -136,7 +139,7 @@ def train_probes(rows, labels, seeds, *, num_classes: int, dim: int, epochs: int
             bar.update(1)
     if bar is not None:
         bar.close()
-    return probes, np.asarray(loss)
+    return probes, mesh.fetch(loss)
 
 
 def topk_accuracy(probes: Probes, features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -144,15 +147,16 @@ def topk_accuracy(probes: Probes, features: np.ndarray, labels: np.ndarray, k: i
     logits = jnp.einsum("nd,scd->snc", jnp.asarray(features), probes.W) + probes.b[:, None, :]
     top = jax.lax.top_k(logits, k)[1]
     hit = jnp.any(top == jnp.asarray(labels)[None, :, None], axis=-1)
-    return np.asarray(jnp.mean(hit, axis=-1))
+    return mesh.fetch(jnp.mean(hit, axis=-1))
 
 
 def embed_images(backbone, images, batch_size: int = 500, desc: str | None = None) -> np.ndarray:
     """Eval-view features [N, D] (center view at the backbone's resolution, no augmentation) of
-    uint8 or [0, 1] float images, in order; every batch is padded to ``batch_size`` so one program
-    per backbone and image shape serves all calls."""
-    embed = _center_embedder(backbone)
-    return map_batches(lambda x: embed(backbone.variables, x), len(images), max(1, batch_size),
+    uint8 or [0, 1] float images, in order; every batch (split over the data axis) is padded to
+    ``batch_size`` so one program per backbone and image shape serves all calls."""
+    embed, variables = _center_embedder(backbone), mesh.replicate(backbone.variables)
+    return map_batches(lambda x: embed(variables, mesh.shard(x)), len(images),
+                       mesh.divisible_batch(max(1, batch_size)),
                        lambda idx: np.asarray(images[idx]), desc=desc).astype(np.float32)
 
 
@@ -165,6 +169,7 @@ def _center_embedder(backbone) -> Callable:
     def embed(variables, x):
         if x.dtype == jnp.uint8:
             x = x.astype(jnp.float32) / 255.0
-        return inner(variables, x[None], None)[0]
+        return jax.lax.with_sharding_constraint(inner(variables, x[None], None)[0],
+                                                mesh.replicated())
 
     return embed

@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from ddjax import mesh
 from ddjax.artifacts.representations import REPRESENTATIONS
 from ddjax.artifacts.results import MKDT_ENCODERS, MKDT_RESULT, read_result, write_result
 from ddjax.artifacts.selection import SELECTION, selection_indices
@@ -39,7 +40,8 @@ from ddjax.smoke import scale_note
 from ddjax.runlog import print_summary, progress, warn, write_json_atomic
 from ddjax.workdir import Stage
 
-READS = ("data", "model", "experts.representations", "distill.percent", "mkdt_eval")
+READS = ("data", "model", "experts.representations", "experts.standardize_targets", "distill.percent",
+         "mkdt_eval")
 ROWS = ("no_pretrain", "random", "high_loss", "full", "mkdt")
 TABLES, RESULTS = "tables.md", "results.json"
 KD_ROWS = ("random", "high_loss", "full")
@@ -302,8 +304,8 @@ def evaluate(inputs: EvalInputs, row: str, dataset: str, model, encoders) -> dic
                 bar.update(max(0, base + step + 1 - bar.n))
 
             with on_probe_step(reached):
-                W, b, loss = jax.block_until_ready(fit_probes(
-                    z_train, train_y[picks[fraction]], seed_keys(seeds, 2),
+                W, b, loss = mesh.fetch(fit_probes(  # the seeds split over the data axis
+                    *mesh.shard((z_train, train_y[picks[fraction]], seed_keys(seeds, 2))),
                     num_classes=spec.num_classes, steps=steps, max_iter=ev.probe_max_iter,
                     history=ev.probe_history, l2=ev.probe_l2))
             bar.update(max(0, (k + 1) * steps - bar.n))   # a fit that converged early
@@ -327,12 +329,12 @@ def check_inputs(inputs: EvalInputs, datasets: list[str]) -> dict[str, str]:
                    for d in datasets)
         if done or MKDT_ENCODERS.is_complete(MKDT_ENCODERS.locate(workdir, row=row)):
             continue
+        if row in ("random", "high_loss"):
+            selection_indices(workdir, row, cfg.distill.percent, data_identity(cfg))
         if row in KD_ROWS and not REPRESENTATIONS.is_complete(representations_dir(cfg, workdir)):
             raise DdjaxError(f"the {row} row pre-trains by KD to the teacher's representations, "
                              f"and there are none at {representations_dir(cfg, workdir)}; run "
                              f"`ddjax represent` first, or leave {row} out of mkdt_eval.rows")
-        if row in ("random", "high_loss"):
-            selection_indices(workdir, row, cfg.distill.percent, data_identity(cfg))
     return sources
 
 

@@ -5,7 +5,8 @@ by MSE to the set's targets, or with its experts' objective for sets without tar
 Seed ``s`` draws its initialisation, data order and views from ``fold_in(key(s), purpose)``, so
 the rows of a results table differ only in their data. Features are the raw flattened trunk
 output; BatchNorm networks compute train features in train mode, as the reference's ``le_run``.
-See docs/mkdt.md#evaluation.
+The seed axis is split over the mesh's data axis when the seeds divide over it (replicated
+otherwise; docs/scaling.md). See docs/mkdt.md#evaluation.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddjax import mesh
 from ddjax.mkdt.experts import epoch_permutations, make_student_epoch, mse_loss_fn, torch_sgd
 from ddjax.models.batched import map_batches
 from ddjax.models.registry import dummy_input
@@ -36,7 +38,7 @@ def init_encoders(model, keys: jax.Array, image_size) -> tuple[dict, dict]:
     collections other than ``params`` (``batch_stats``) and is ``{}`` without BatchNorm."""
     variables = jax.vmap(lambda k: model.init(k, dummy_input(image_size)))(keys)
     state = {name: value for name, value in variables.items() if name != "params"}
-    return variables["params"], state
+    return mesh.shard((variables["params"], state))
 
 
 def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, order_keys: jax.Array,
@@ -52,8 +54,10 @@ def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, orde
     n = len(images)
     loss_fn, augment = objective or (mse_loss_fn(model.apply), None)
     epoch_fn = make_student_epoch(loss_fn, optimizer, min(batch_size, n), augment)
+    params, state, order_keys = mesh.shard((params, state, order_keys))
+    aug_keys = None if aug_keys is None else mesh.shard(aug_keys)
     opt_state = jax.vmap(optimizer.init)(params)
-    images, targets = jnp.asarray(images, jnp.float32), jnp.asarray(targets, jnp.float32)
+    images, targets = mesh.replicate((np.asarray(images, np.float32), np.asarray(targets, np.float32)))
     loss = np.full(order_keys.shape[0], np.nan)
     bar = progress(total=epochs, desc=desc or "pre-train")
     for epoch in range(epochs):
@@ -62,7 +66,7 @@ def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, orde
             lambda k: jax.random.fold_in(k, epoch))(aug_keys)
         params, state, opt_state, loss = epoch_fn(params, state, opt_state, images, targets, perms,
                                                   epoch_aug)
-        loss = np.asarray(loss)  # waits for the epoch, so the progress bar's ETA is true
+        loss = mesh.fetch(loss)  # waits for the epoch, so the progress bar's ETA is true
         bar.update(1)
         bar.set_postfix(loss=f"{loss.mean():.4g}")
     bar.close()
@@ -71,7 +75,8 @@ def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, orde
 
 @functools.lru_cache(maxsize=16)
 def _feature_fn(model, train: bool) -> Callable:
-    """Jitted ``(params_S, state_S, x [S, B, ...]) -> (features [S, B, D], state_S)``."""
+    """Jitted ``(params_S, state_S, x [S, B, ...]) -> (features [S, B, D], state_S)``; the
+    features replicated, so that every process can read them."""
 
     def one(params, state, x):
         variables = {"params": params, **state}
@@ -80,7 +85,11 @@ def _feature_fn(model, train: bool) -> Callable:
             return z, state
         return model.apply(variables, x, method="features"), state
 
-    return jax.jit(jax.vmap(one))
+    def every_seed(params, state, x):
+        z, state = jax.vmap(one)(params, state, x)
+        return jax.lax.with_sharding_constraint(z, mesh.replicated()), state
+
+    return jax.jit(every_seed)
 
 
 def features(model, params, state, images: np.ndarray, indices: np.ndarray, prepare: Prepare, *,
@@ -97,11 +106,13 @@ def features(model, params, state, images: np.ndarray, indices: np.ndarray, prep
     def take(idx):
         picks = indices[:, idx]
         x = prepare(images[picks.reshape(-1)]).reshape(seeds, len(idx), *images.shape[1:3], -1)
-        return jnp.asarray(x, jnp.float32)
+        return np.asarray(x, np.float32)
+
+    params, state = mesh.shard((params, state))
 
     def run(x):
         nonlocal state
-        z, new_state = fn(params, state, x)
+        z, new_state = fn(params, state, mesh.shard(x))
         if train:
             state = new_state
         return z

@@ -2,6 +2,8 @@
 dimension divided by its RMS over the train split, and stores made with and without it are never
 mixed."""
 
+from pathlib import Path
+
 import numpy as np
 
 from ddjax.artifacts.synset import SYNSET, read_synset
@@ -34,3 +36,20 @@ def test_standardized_experts_are_refused_by_an_unstandardized_distillation(toy_
     first, meta = read_synset(SYNSET.locate(workdir, iteration=0))
     expected = (reps / dimension_rms(reps))[meta["init_indices"]]
     np.testing.assert_allclose(first["targets"], expected, rtol=1e-6)
+
+
+def test_eval_pre_trains_the_kd_rows_on_the_standardized_targets(toy_pipeline, tmp_path):
+    """``eval mkdt`` reads the option too: its KD rows regress the targets the experts and the
+    distilled set were made with."""
+    from ddjax.config import load_config
+    from ddjax.mkdt import eval_stage
+    from ddjax.workdir import Stage, read_fields
+
+    toy, workdir = toy_pipeline, tmp_path / "w"
+    reps = toy.write_reps(workdir)
+    smoke = str(Path(__file__).resolve().parents[2] / "experiments" / "smoke.py")
+    for option, expected in ((False, reps), (True, reps / dimension_rms(reps))):
+        config = load_config(smoke, [*toy.overrides, f"experts.standardize_targets={option}"])
+        stage = Stage("mkdt_eval", read_fields(config, eval_stage.READS), workdir)
+        _, targets = eval_stage.EvalInputs(stage).train_data()
+        np.testing.assert_allclose(targets, expected, rtol=1e-6)

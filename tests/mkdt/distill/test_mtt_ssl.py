@@ -131,6 +131,7 @@ def test_barlow_twins_experts_then_mtt_ssl_distillation(toy_pipeline, tmp_path):
     record = MKDT_ENCODERS.read_meta(MKDT_ENCODERS.locate(work, row="mkdt"))["pretraining"]
     assert record["objective"] == "barlow_twins" and record["lr"] == pytest.approx(float(last["lr"]))
     assert np.isfinite(record["final_loss"]).all()
+    shutil.copytree(work / "select", tmp_path / "ssl_random" / "select")  # a subset, no teacher
     code, _, err = toy.cli(["eval", "mkdt"], tmp_path / "ssl_random", evaluate + ["mkdt_eval.rows=('random',)"])
     assert code == 2 and "pre-trains by KD" in err.strip().splitlines()[-1]
 

@@ -68,7 +68,8 @@ def test_eval_writes_every_row_and_fraction_and_resumes(distilled, monkeypatch):
     code, out2, err = toy.cli(["eval", "mkdt"], workdir, EVAL + [extra, rows, "distill.iterations=7"])
     assert code == 0, err
     recorded = json.loads((workdir / "mkdt_eval" / "config.json").read_text())
-    assert recorded["distill"] == {"percent": 50} and recorded["experts"] == {"representations": ""}
+    assert recorded["distill"] == {"percent": 50}
+    assert recorded["experts"] == {"representations": "", "standardize_targets": False}
     assert json.loads((workdir / "mkdt_eval" / "results.json").read_text()) == report
 
     # A newer distilled set appears (distillation went on): the mkdt row's encoders and results
