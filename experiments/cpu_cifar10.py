@@ -37,6 +37,7 @@ def get_config(run: str = "mkdt"):
     if run == "repro":
         config = get_config("mkdt")
         config.teacher.update(REPRO_TEACHER)
+        config.mkdt_eval.rows = (*config.mkdt_eval.rows, "full")  # the issue-15 table has full data
         return config
     if run in ("mkdt", "mtt_ssl"):
         config = mkdt_config("cifar10", 2)
