@@ -140,10 +140,6 @@ def _distill_lgm_complete(config, workdir: Path) -> bool:
                for tag, _ in backbone_entries(config.lgm.backbones, workdir))
 
 
-def _eval_complete(config, workdir: Path, module) -> bool:
-    return module.is_complete(config, workdir)
-
-
 COMPLETE: dict[tuple[str, ...], Callable] = {
     ("teacher",): _teacher_complete,
     ("represent",): _represent_complete,
