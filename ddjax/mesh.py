@@ -29,6 +29,7 @@ DEFAULT_AXES = {DATA: -1}
 HEARTBEAT_SECONDS = 20  # a peer process that died is noticed within about this long
 _MESH: list[Mesh] = []  # the process's mesh, once built
 _FINISHING = threading.Event()  # set once every process passed the final barrier
+_WATCHDOG: list[threading.Thread] = []  # the running peer watchdog, if any
 
 
 def _cluster_detected() -> bool:
@@ -63,17 +64,19 @@ def _start(*args) -> None:
     # watchdog below notices it and ends this process with one line instead.
     jax.config.update("jax_enable_recoverability", True)
     jax.distributed.initialize(*args, heartbeat_timeout_seconds=HEARTBEAT_SECONDS)
-    threading.Thread(target=_watch_peers, daemon=True, name="ddjax-peer-watch").start()
+    watchdog = threading.Thread(target=_watch_peers, daemon=True, name="ddjax-peer-watch")
+    watchdog.start()
+    _WATCHDOG.append(watchdog)
 
 
 def _watch_peers(every: float = 2.0) -> None:
     """End this process with one line when another process of the run has stopped (a collective
-    with a dead peer would otherwise wait forever)."""
+    with a dead peer would otherwise wait forever). The runtime's liveness query is itself a
+    collective: it returns once every live process has asked or has left."""
     from jax._src import distributed  # the runtime client; no public API reports live peers yet
 
     client, count = distributed.global_state.client, jax.process_count()
-    while not _FINISHING.is_set():
-        time.sleep(every)
+    while not _FINISHING.wait(every):
         try:
             live = client.get_live_nodes(list(range(count)))
         except Exception:  # noqa: BLE001 - the coordinator itself is gone
@@ -98,25 +101,39 @@ def finish(wait_seconds: float = 60.0) -> None:
     """Wait for every process at the end of a command, then leave the run in order: the others
     disconnect first, process 0 (which hosts the coordination service) last, once it sees them
     gone (at most ``wait_seconds``); a peer still connecting to a service that has exited would
-    abort with a C++ error. The watchdog no longer takes a finished peer for a dead one."""
+    abort with a C++ error. A second barrier makes sure no watchdog takes a finished peer for a
+    dead one."""
     barrier("ddjax finish")
     _FINISHING.set()
     if jax.process_count() == 1:
         return
-    if not is_primary():
-        jax.distributed.shutdown()
-        return
-    from jax._src import distributed  # as in _watch_peers
+    barrier("ddjax finishing")
+    if is_primary():
+        from jax._src import distributed  # as in _watch_peers
 
-    client, deadline = distributed.global_state.client, time.monotonic() + wait_seconds
-    while time.monotonic() < deadline:
-        try:
-            if len(client.get_live_nodes(list(range(jax.process_count())))) <= 1:
+        client, deadline = distributed.global_state.client, time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            try:
+                if len(client.get_live_nodes(list(range(jax.process_count())))) <= 1:
+                    break
+            except Exception:  # noqa: BLE001 - nothing left to wait for
                 break
-        except Exception:  # noqa: BLE001 - nothing left to wait for
-            break
-        time.sleep(0.2)
+            time.sleep(0.2)
     jax.distributed.shutdown()
+    _leave_watchdog()
+
+
+def _leave_watchdog(wait_seconds: float = 10.0) -> None:
+    """Let the watchdog return from its liveness query (it does once the peers have left): a
+    daemon thread still inside a runtime call when the interpreter exits aborts the process
+    ("terminate called after throwing an instance of ''", exit 134). If it is still inside after
+    ``wait_seconds``, the process ends here, its output flushed, without finalising."""
+    for watchdog in _WATCHDOG:
+        watchdog.join(wait_seconds)
+    if any(watchdog.is_alive() for watchdog in _WATCHDOG):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def build(axes: Mapping[str, int] | None = None) -> Mesh:
