@@ -22,7 +22,7 @@ def data():
 
 @pytest.fixture(scope="module", params=["convnet", "convnet_bn"])
 def model(request):
-    return build_model(request.param, num_outputs=DIM, width=4, image_size=HW)
+    return build_model(request.param, num_outputs=DIM, width=4, depth=1, image_size=HW)  # fast to compile
 
 
 def _hand_written_epochs(model, params, state, images, targets, perms, lr):
@@ -38,10 +38,11 @@ def _hand_written_epochs(model, params, state, images, targets, perms, lr):
             out = model.apply({"params": p}, x)
         return jnp.mean((out - y) ** 2), s
 
+    gradient = jax.jit(jax.value_and_grad(loss, has_aux=True))
     for perm in perms:
         for start in range(0, N, BATCH):
             idx = np.asarray(perm[start:start + BATCH])
-            (_, state), g = jax.value_and_grad(loss, has_aux=True)(params, state, images[idx], targets[idx])
+            (_, state), g = gradient(params, state, images[idx], targets[idx])
             g = jax.tree.map(lambda g, p: g + wd * p, g, params)
             buf = g if buf is None else jax.tree.map(lambda b, g: mom * b + g, buf, g)
             params = jax.tree.map(lambda p, b: p - lr * b, params, buf)
@@ -89,17 +90,18 @@ def test_eval_features_are_each_seeds_own_forward_pass(model, data):
 
 
 def test_train_mode_features_run_consecutive_batches_and_update_running_stats(data):
-    model = build_model("convnet_bn", num_outputs=DIM, width=4, image_size=HW)
+    model = build_model("convnet_bn", num_outputs=DIM, width=4, depth=1, image_size=HW)
     images, _ = data
     params, state = init_encoders(model, seed_keys([2], 0), HW)
     idx = np.arange(N)[None]
     got, new_state = features(model, params, state, images, idx, lambda x: x, batch_size=BATCH,
                               train_mode=True)
     p, s = jax.tree.map(lambda x: x[0], (params, state))
+    forward = jax.jit(lambda p, s, x: model.apply({"params": p, **s}, x, train=True,
+                                                  mutable=list(s), method="features"))
     want = []
     for start in range(0, N, BATCH):
-        z, s = model.apply({"params": p, **s}, images[start:start + BATCH], train=True,
-                           mutable=list(s), method="features")
+        z, s = forward(p, s, images[start:start + BATCH])
         want.append(np.asarray(z))
     np.testing.assert_allclose(got[0], np.concatenate(want), rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(new_state)):
