@@ -17,7 +17,7 @@ N = 40  # two full batches of 16 and a last partial batch of 8
 
 @pytest.fixture(scope="module")
 def setup():
-    model = build_model("convnet", num_outputs=3, width=4, image_size=(8, 8))
+    model = build_model("convnet", num_outputs=3, width=4, depth=1, image_size=(8, 8))  # fast to compile
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(N, 8, 8, 3)).astype(np.float32))
     targets = jnp.asarray(rng.normal(size=(N, 3)).astype(np.float32))
@@ -30,11 +30,11 @@ def setup():
 def _torch_sgd_epochs(model, params, images, targets, perms):
     """PyTorch's SGD written out: g += wd*p; buf = g (first) or m*buf + g; p -= lr*buf."""
     loss = lambda p, x, y: jnp.mean((model.apply({"params": p}, x) - y) ** 2)
-    buf = None
+    buf, gradient = None, jax.jit(jax.grad(loss))
     for perm in perms:
         for start in range(0, N, BATCH):
             idx = np.asarray(perm[start:start + BATCH])
-            grads = jax.grad(loss)(params, images[idx], targets[idx])
+            grads = gradient(params, images[idx], targets[idx])
             grads = jax.tree.map(lambda g, p: g + WD * p, grads, params)
             buf = grads if buf is None else jax.tree.map(lambda b, g: MOMENTUM * b + g, buf, grads)
             params = jax.tree.map(lambda p, b: p - LR * b, params, buf)
