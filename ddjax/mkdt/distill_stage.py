@@ -162,7 +162,8 @@ def check_divergence(d, iteration: int, loss: float, stats: dict, checkpoint: in
                          f"new --workdir with a lower distill.lr_targets ({d.lr_targets:g}); {kept}")
 
 
-def _stability(monitor, syn, plan: Plan, aug_keys, key, iteration: int) -> dict:
+def _stability(monitor, syn, plan: Plan, aug_keys, key, iteration: int,
+               targets_standardized: bool) -> dict:
     """The stability diagnostics of the first picked expert's unroll, for the metrics record;
     a one-line warning when the exact meta-gradient cannot be trusted."""
     found = {k: float(v) for k, v in mesh.fetch(monitor(
@@ -170,7 +171,7 @@ def _stability(monitor, syn, plan: Plan, aug_keys, key, iteration: int) -> dict:
         aug_key=aug_keys[0])).items()}
     lr = float(syn["lr"])
     ok, message = stability.diagnose(lr, found["lambda_max_start"], found["lambda_max_end"],
-                                     found["lr_growth"])
+                                     found["lr_growth"], targets_standardized=targets_standardized)
     if not ok:
         warn(f"distill iteration {iteration + 1}: {message}")
     return dict(found, lr_lambda_max_start=lr * found["lambda_max_start"],
@@ -281,7 +282,8 @@ def run(stage: Stage) -> dict:
                 checks = {}
                 if d.stability_every and iteration % d.stability_every == 0:
                     checks = _stability(monitor, syn, plan, aug_keys,
-                                        jax.random.fold_in(monitor_key, iteration), iteration)
+                                        jax.random.fold_in(monitor_key, iteration), iteration,
+                                        cfg.experts.standardize_targets)
                 new_syn, new_opt, loss, grads = step_fn(syn, opt_state, plan.starts, plan.targets,
                                                         plan.idx, plan.mask, aug_keys)
                 stats = stats_fn(syn, new_syn, grads, init_images)

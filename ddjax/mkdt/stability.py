@@ -143,7 +143,8 @@ def unroll_stability(inner_loss, syn: dict, params0: Params, batch_idx_SB: jax.A
 
 
 def diagnose(lr: float, lambda_start: float, lambda_end: float, growth: float,
-             max_growth: float = MAX_GROWTH) -> tuple[bool, str | None]:
+             max_growth: float = MAX_GROWTH, targets_standardized: bool = False
+             ) -> tuple[bool, str | None]:
     """``(ok, message)``: is the inner gradient descent of the unroll stable enough to trust the
     meta-gradient? ``message`` is None when ok, else ONE line with the numbers and the fix.
 
@@ -157,12 +158,15 @@ def diagnose(lr: float, lambda_start: float, lambda_end: float, growth: float,
     relative to the rest, so the meta-gradient is that direction's and not the matching loss's
     slope. The growth test catches a sharpness rise between the two probed minibatches. Also not
     ok when the lr is ≤ 0 (the student trains away from its loss) or any input is not finite.
-    Host-side (floats in, a string out): call it on the jitted checks' results.
+    The fix offers target standardisation unless ``targets_standardized``. Host-side (floats
+    in, a string out): call it on the jitted checks' results.
     """
     lr, lambda_start, lambda_end, growth = map(float, (lr, lambda_start, lambda_end, growth))
     sharpness = max(lambda_start, lambda_end)
-    fix = ("lower distill.lr_init (below {}), use fewer distill.syn_steps, or standardise the "
-           "targets").format(f"2/{sharpness:.3g} = {2 / sharpness:.3g}" if sharpness > 0 else "its value")
+    below = f"2/{sharpness:.3g} = {2 / sharpness:.3g}" if sharpness > 0 else "its value"
+    fix = (f"lower distill.lr_init (below {below}) or use fewer distill.syn_steps" if targets_standardized
+           else f"lower distill.lr_init (below {below}), use fewer distill.syn_steps, or standardise "
+                "the targets (experts.standardize_targets=True, with new experts)")
     numbers = (f"lr {lr:.3g}, sharpness {lambda_start:.3g} -> {lambda_end:.3g} along the unroll "
                f"(lr*sharpness {lr * sharpness:.3g}), d(theta_n)/d(lr) growth {growth:.3g}x per step")
     if not all(map(math.isfinite, (lr, lambda_start, lambda_end, growth))):

@@ -143,6 +143,9 @@ def test_diagnose_flags_growth_alone_a_non_positive_lr_and_non_finite_values():
     assert not ok and "growth >= 1.5" in message and "lr*sharpness >= 2" not in message
     ok, message = diagnose(0.1, 7.3, 50.2, 4.9)  # the numbers
     assert not ok and "lr*sharpness 5.02" in message and "2/50.2 = 0.0398" in message
+    assert "experts.standardize_targets=True" in message
+    ok, message = diagnose(0.1, 7.3, 50.2, 4.9, targets_standardized=True)  # no fix already applied
+    assert not ok and "2/50.2 = 0.0398" in message and "standardi" not in message
     ok, message = diagnose(-0.01, 5.0, 5.0, 0.9)
     assert not ok and "-0.01 <= 0" in message
     for bad in ((0.1, float("nan"), 5.0, 1.0), (0.1, 5.0, 5.0, float("inf")), (float("nan"), 1.0, 1.0, 1.0)):
