@@ -31,7 +31,10 @@ def stage_args(command: list[str], workdir: Path, overrides: list[str], config: 
 def _env(devices: int) -> dict:
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu",
                DDJAX_TENSORBOARD="0")
-    env.pop("XLA_FLAGS", None)
+    # The device count comes from JAX_NUM_CPU_DEVICES; the suite's other XLA flags stay.
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join(flags)
     return env
 
 

@@ -31,7 +31,10 @@ class _Spec(NamedTuple):
 
 _SPECS = {
     # MKDT students; the plain names pick depth 3 up to 32x32 inputs and 4 above (ConvNetD4).
+    # MTT's ConvNetD1..D4 fix the depth; the shallow ones suit quick prototypes and tests.
     "convnet": _Spec(ConvNet, {}, REPRESENTATION_DIM, "torch"),
+    "convnet_d1": _Spec(ConvNet, {"depth": 1}, REPRESENTATION_DIM, "torch"),
+    "convnet_d2": _Spec(ConvNet, {"depth": 2}, REPRESENTATION_DIM, "torch"),
     "convnet_d3": _Spec(ConvNet, {"depth": 3}, REPRESENTATION_DIM, "torch"),
     "convnet_d4": _Spec(ConvNet, {"depth": 4}, REPRESENTATION_DIM, "torch"),
     "convnet_bn": _Spec(ConvNet, {"norm": "batchnorm"}, REPRESENTATION_DIM, "torch"),

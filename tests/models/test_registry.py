@@ -16,6 +16,7 @@ def test_convnet_depth_follows_image_size():
     assert build_model("convnet_bn", image_size=(64, 64)).depth == 4
     assert build_model("convnet_d3", image_size=64).depth == 3
     assert build_model("convnet_d4").depth == 4
+    assert [build_model(f"convnet_d{d}", image_size=64).depth for d in (1, 2)] == [1, 2]
 
 
 @pytest.mark.parametrize("alias,name", [
@@ -52,7 +53,7 @@ def test_explicit_arguments_and_overrides():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: build_model("vgg11"), "unknown model 'vgg11'; known models: convnet, convnet_d3"),
+    (lambda: build_model("vgg11"), "unknown model 'vgg11'; known models: convnet, convnet_d1"),
     (lambda: build_model("convnet", widht=16), "ConvNet has no field.* widht"),
     (lambda: build_model("convnet", init_scheme="flax"), "no field.* init_scheme"),
     (lambda: build_model("convnet", init="xavier"), "unknown init scheme 'xavier'"),

@@ -95,7 +95,7 @@ def test_select_high_loss_follows_expert_scores(toy_pipeline, tmp_path):
     spec = spec_for("toy", archive=data_overrides["data.archive"], data_dir=data_overrides["data.data_dir"])
     x = normalize(images, spec.mean, spec.std)
     reps, _ = read_representations(REPRESENTATIONS.locate(tmp_path))
-    model = build_model("convnet", num_outputs=5, width=4, image_size=(8, 8))
+    model = build_model("convnet_d1", num_outputs=5, width=4, image_size=(8, 8))
     manual = np.mean([np.mean((np.asarray(model.apply({"params": store.load_epoch(e, 1)}, jnp.asarray(x)))
                                - reps) ** 2, axis=1) for e in range(3)], axis=0)
     np.testing.assert_allclose(scores, manual, rtol=1e-4, atol=1e-6)
