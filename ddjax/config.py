@@ -19,6 +19,10 @@ import ml_collections
 from ddjax.errors import DdjaxError
 
 CONFIG_FILE_NAME = "config.json"
+# Layout choices, not settings: they change where data live and how they are read, not what a
+# stage computes, so they are left out of the recorded config and a run may resume with other
+# values (the mesh is not in any stage's fields at all).
+LAYOUT_FIELDS = ("data.stream",)
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
@@ -96,11 +100,11 @@ def record_config(directory: Path, config: ml_collections.ConfigDict,
     A rerun in the same directory resumes, so its config must be the one the run started with;
     a mismatch is an error naming the differing fields rather than a silent overwrite. Fields
     the record lacks (added to ddjax after the run started; new fields default to the old
-    behaviour) are accepted and added to the record.
+    behaviour) are accepted and added to the record. :data:`LAYOUT_FIELDS` are not recorded.
     """
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
-    current = config_to_dict(config)
+    current = _without_layout(config_to_dict(config))
     if target.exists():
         previous = json.loads(target.read_text())
         changed = sorted(_differences(previous, current))
@@ -114,6 +118,14 @@ def record_config(directory: Path, config: ml_collections.ConfigDict,
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
     tmp.replace(target)
+
+
+def _without_layout(fields: dict) -> dict:
+    for dotted in LAYOUT_FIELDS:
+        section, field = dotted.split(".")
+        if isinstance(fields.get(section), dict):
+            fields[section].pop(field, None)
+    return fields
 
 
 _ABSENT = object()

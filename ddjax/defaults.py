@@ -21,6 +21,10 @@ def base_config(dataset: str, seed: int = 0) -> ml_collections.ConfigDict:
         "archive": "",          # empty: $DDJAX_ARCHIVE_DIR, else ../shared/data beside the repo
         "data_dir": "",         # empty: $DDJAX_DATA_DIR, else ~/.cache/ddjax/tfds
         "train_subset": 0,      # 0: the whole train split; n: a fixed random n of it (small runs)
+        # True: the stages that can (docs/scaling.md#reading-the-data) read each batch from the
+        # source, each process only its rows, instead of loading the split (ImageNet-scale sets).
+        # Same results; a layout choice like the mesh, so a run may resume with the other value.
+        "stream": False,
     })
     # The SSL teacher. MKDT used KRR-ST's Barlow Twins ResNet-18 checkpoint: set import_path to that
     # file to reproduce it; otherwise `ddjax teacher` trains one with the recipe (None = recipe value:

@@ -219,12 +219,37 @@ def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
     return jax.tree.map(lambda x: _put(x, replicated(mesh)), tree)
 
 
+def _rows_sharding(n: int, mesh: Mesh | None = None) -> NamedSharding:
+    """Where a leading axis of ``n`` rows goes: split over the data axis when it divides, else
+    replicated."""
+    return along_data(mesh) if splits(n, mesh) else replicated(mesh)
+
+
 def shard(tree: Any, mesh: Mesh | None = None) -> Any:
     """Every leaf's leading axis split over the data axis (replicated where it does not divide).
     Each process passes the whole host array; it keeps only its devices' rows."""
     def place(x):
-        return _put(x, along_data(mesh) if np.ndim(x) and splits(np.shape(x)[0], mesh)
-                    else replicated(mesh))
+        return _put(x, _rows_sharding(np.shape(x)[0], mesh) if np.ndim(x) else replicated(mesh))
+
+    return jax.tree.map(place, tree)
+
+
+def local_rows(batch_size: int, mesh: Mesh | None = None) -> np.ndarray:
+    """The rows (increasing) of a global batch of ``batch_size`` that this process's devices hold
+    when it is placed as :func:`shard` places it: the rows this process reads of each batch."""
+    held = _rows_sharding(batch_size, mesh).addressable_devices_indices_map((batch_size,))
+    rows = {row for index in held.values() for row in range(*index[0].indices(batch_size))}
+    return np.array(sorted(rows), np.int64)
+
+
+def from_local_rows(tree: Any, batch_size: int, mesh: Mesh | None = None) -> Any:
+    """The global batch of ``batch_size`` rows, placed as :func:`shard` places it, from this
+    process's rows of it (every leaf's leading axis: the rows of :func:`local_rows`, in that
+    order). On one process it is :func:`shard` of the whole batch."""
+    def place(x):
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(_rows_sharding(batch_size, mesh), x,
+                                                      (batch_size, *x.shape[1:]))
 
     return jax.tree.map(place, tree)
 

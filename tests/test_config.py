@@ -75,6 +75,20 @@ def test_fields_newer_than_the_record_are_accepted_and_recorded(config_file, tmp
         record_config(run_dir, load_config(config_file))  # now recorded: removing it is a change
 
 
+def test_layout_fields_are_not_recorded_and_a_run_resumes_with_other_values(config_file, tmp_path):
+    run_dir = tmp_path / "run"
+    streamed = load_config(config_file)
+    streamed.data.stream = True
+    record_config(run_dir, streamed)
+    plain = load_config(config_file)
+    plain.data.stream = False
+    record_config(run_dir, plain)  # data.stream is how data are read, not a setting: accepted
+    assert json.loads((run_dir / "config.json").read_text())["data"] == {
+        "name": "cifar10", "fraction": 0.5, "shape": [32, 32]}
+    with pytest.raises(DdjaxError, match="data.fraction"):  # the rest of the section still counts
+        record_config(run_dir, load_config(config_file, ["data.fraction=0.25"]))
+
+
 def test_file_argument_selects_a_setting(tmp_path):
     path = tmp_path / "multi.py"
     path.write_text("import ml_collections\n\ndef get_config(arg='a'):\n"

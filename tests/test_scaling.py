@@ -7,6 +7,8 @@ agree to ||a - b|| / ||a|| <= 1e-4, not bit for bit (docs/scaling.md)."""
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 
 import jax
@@ -14,7 +16,8 @@ import numpy as np
 import pytest
 
 from ddjax.artifacts.synset import SYNSET, read_synset
-from scaling_helpers import REPO, finish, relative_error, run_layout, stage_args, start
+from scaling_helpers import (REPO, _env, finish, free_port, relative_error, run_layout,
+                             stage_args, start)
 
 TOLERANCE = 1e-4
 DISTILL = ["distill.batch_syn=8", "distill.stability_every=2"]  # 8 divides over 8 devices
@@ -115,7 +118,9 @@ def test_teacher_and_represent_on_8_devices_equal_1_device(toy_pipeline, tmp_pat
     Two steps (batch 16 of the toy's 36 images): they agree to ~1e-6. Over 8 steps at batch 8 the
     Barlow Twins loss (per-dimension standardisation over 8 samples) and LARS amplify the
     summation-order difference to ~1e-3, which says nothing about the sharding. The
-    representations of the 1-device teacher, computed on 8 devices, equal the 1-device ones."""
+    representations of the 1-device teacher, computed on 8 devices, equal the 1-device ones.
+    The 8-device runs read their batches from the source (``data.stream``), the 1-device ones
+    load the split: that covers streaming on 8 devices too."""
     from ddjax.artifacts.representations import REPRESENTATIONS, read_representations
     from ddjax.artifacts.teacher import TEACHER as TEACHER_ARTIFACT
     from ddjax.checkpoint import load_pytree
@@ -127,7 +132,8 @@ def test_teacher_and_represent_on_8_devices_equal_1_device(toy_pipeline, tmp_pat
     shutil.copytree(one / "teacher", tmp_path / "eight_represent" / "teacher")
     config = str(REPO / "experiments" / "smoke.py")
     for command, workdir in ((["teacher"], eight), (["represent"], tmp_path / "eight_represent")):
-        [(_, out8, _)] = run_layout(stage_args(command, workdir, [*toy.overrides, *TEACHER], config),
+        [(_, out8, _)] = run_layout(stage_args(command, workdir, [*toy.overrides, *TEACHER,
+                                                           "data.stream=True"], config),
                                     devices=8)
         assert json.loads(out8.strip().splitlines()[-1])["mesh"]["devices"] == 8
     a = load_pytree(TEACHER_ARTIFACT.locate(one) / "arrays")
@@ -138,6 +144,55 @@ def test_teacher_and_represent_on_8_devices_equal_1_device(toy_pipeline, tmp_pat
     reps_eight, _ = read_representations(REPRESENTATIONS.locate(tmp_path / "eight_represent"))
     assert reps_one.shape == reps_eight.shape == (toy.train_images, reps_one.shape[1])
     assert relative_error(reps_one, reps_eight) <= 1e-5
+
+
+# Two processes x 2 devices stream 3 batches of 8 rows of a recorded list of records (row r is
+# record 2r, an image filled with 2r) and assemble each global batch from their rows.
+STREAM_SCRIPT = """
+import json, sys
+import numpy as np
+from ddjax import mesh
+from ddjax.data.stream import BatchStream, SplitReader
+
+mesh.initialize(sys.argv[1], 2, int(sys.argv[2]))
+mesh.build()
+asked = []
+
+class Records(list):
+    def __getitems__(self, indices):
+        asked.extend(indices)
+        return [self[i] for i in indices]
+
+records = Records({"image": np.full((2, 2, 3), i, np.uint8), "label": i} for i in range(50))
+batches = [np.asarray(b) for b in json.loads(sys.argv[3])]
+rows, whole = mesh.local_rows(8), []
+for images, labels in BatchStream(SplitReader(records, keep=np.arange(0, 50, 2)), batches, rows):
+    batch = mesh.fetch(mesh.from_local_rows({"images": images, "labels": labels}, 8))
+    whole.append([batch["images"][:, 0, 0, 0].tolist(), batch["labels"].tolist()])
+print(json.dumps({"rows": rows.tolist(), "asked": asked, "whole": whole}))
+mesh.finish()
+"""
+
+
+def test_each_of_2_processes_reads_only_its_rows_and_the_batch_is_whole():
+    batches = [np.random.default_rng(b).permutation(25)[:8].tolist() for b in range(3)]
+    coordinator = f"127.0.0.1:{free_port()}"
+    runs = [subprocess.Popen([sys.executable, "-c", STREAM_SCRIPT, coordinator, str(pid),
+                              json.dumps(batches)], cwd=REPO, env=_env(2), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for pid in range(2)]
+    results = finish(runs, timeout=120)
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    # The runtime prints "[Gloo] ..." lines to stdout too.
+    reports = [json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+               for _, out, _ in results]
+    rows = [report["rows"] for report in reports]
+    assert sorted(rows[0] + rows[1]) == list(range(8)) and len(rows[0]) == len(rows[1]) == 4
+    for report in reports:
+        # Records of only this process's rows were read, batch after batch.
+        assert report["asked"] == [2 * batch[r] for batch in batches for r in report["rows"]]
+        # Every process holds the whole global batch after the gather.
+        assert report["whole"] == [[[2 * i for i in batch]] * 2 for batch in batches]
 
 
 def test_experts_on_8_devices_equal_1_device(toy_pipeline, tmp_path):

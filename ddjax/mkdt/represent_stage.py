@@ -1,5 +1,5 @@
 """``ddjax represent``: the teacher's representations of the train split, MKDT's regression
-targets. Row ``i`` belongs to train image ``i`` of ``load_split(config.data, 'train')`` (the whole
+targets. Row ``i`` belongs to train image ``i`` of ``open_rows(config.data, 'train')`` (the whole
 split, or the fixed subset of ``data.train_subset``), computed in eval mode without augmentation
 as the reference's ``get_target_rep.py`` does. A rerun with the same teacher and data does
 nothing; another teacher or dataset is refused. See docs/mkdt.md#representations.
@@ -14,10 +14,10 @@ import numpy as np
 
 from ddjax.artifacts.representations import REPRESENTATIONS, write_representations
 from ddjax.artifacts.teacher import TEACHER, artifact_dir, load_teacher
-from ddjax.data.pipeline import dataset_spec, load_split
+from ddjax.data.pipeline import dataset_spec, open_rows
 from ddjax.errors import DdjaxError
 from ddjax.runlog import print_summary
-from ddjax.ssl.encode import encode_images
+from ddjax.ssl.encode import encode_rows
 from ddjax.workdir import Stage
 
 READS = ("data", "represent")
@@ -53,12 +53,13 @@ def run(stage: Stage) -> dict:
 
     stage.metrics.rewind(-1)  # a run stopped before the artifact was complete starts over
     model, variables, _ = load_teacher(teacher_dir)
-    images, _ = load_split(cfg.data, SPLIT)
-    if list(images.shape[1:3]) != list(teacher_meta["image_size"]):
+    split = open_rows(cfg.data, SPLIT)  # with data.stream, read batch by batch, each process its rows
+    size = list(split.read([0])[0].shape[1:3])
+    if size != list(teacher_meta["image_size"]):
         raise DdjaxError(f"the teacher takes {teacher_meta['image_size']} images but {spec.name} "
-                         f"has {list(images.shape[1:3])}")
-    reps = encode_images(model, variables, images, spec.mean, spec.std,
-                         cfg.represent.batch_size, desc="represent")
+                         f"has {size}")
+    reps = encode_rows(model, variables, split, np.arange(len(split)), spec.mean, spec.std,
+                       cfg.represent.batch_size, desc="represent")
     if not np.isfinite(reps).all():
         raise DdjaxError("the teacher produced non-finite representations; check the teacher "
                          "artifact")

@@ -8,12 +8,23 @@ mode). One batch is in flight while the host prepares the next.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ddjax.errors import DdjaxError
 from ddjax.runlog import progress
+
+
+def batch_indices(n: int, batch_size: int, pad: bool = True) -> Iterator[tuple[np.ndarray, int]]:
+    """``(idx, valid)`` of the batches :func:`map_batches` takes, in order: ``idx`` the row
+    indices (padded with the last row to ``batch_size`` when ``pad``), ``valid`` the real ones."""
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        valid = len(idx)
+        if pad and valid < batch_size:
+            idx = np.concatenate([idx, np.full(batch_size - valid, idx[-1])])
+        yield idx, valid
 
 
 def map_batches(fn: Callable[[Any], Any], n: int, batch_size: int,
@@ -33,19 +44,14 @@ def map_batches(fn: Callable[[Any], Any], n: int, batch_size: int,
         raise ValueError(f"map_batches needs at least one row, got n={n}")
     cut = (slice(None),) * axis
     outputs, pending = [], None
-    starts = range(0, n, batch_size)
-    bar = progress(total=len(starts), desc=desc) if desc else None
+    bar = progress(total=-(-n // batch_size), desc=desc) if desc else None
 
     def collect(result, valid: int) -> None:  # waits for a batch; the bar counts finished ones
         outputs.append(np.asarray(result)[cut + (slice(0, valid),)])
         if bar is not None:
             bar.update(1)
 
-    for start in starts:
-        idx = np.arange(start, min(start + batch_size, n))
-        valid = len(idx)
-        if pad and valid < batch_size:
-            idx = np.concatenate([idx, np.full(batch_size - valid, idx[-1])])
+    for idx, valid in batch_indices(n, batch_size, pad):
         out = fn(take(idx))  # dispatched; waited for after the next batch is dispatched
         if pending is not None:
             collect(*pending)

@@ -1,20 +1,24 @@
 """Eval-mode features of an encoder over many images: the teacher's k-NN monitor and MKDT's
 representations. Forward only, so convolutions run as ``lax.conv`` whatever the model's
 ``conv_impl`` (XLA's own convolution is the fastest forward on every backend here). Each batch
-is split over the mesh's data axis (docs/scaling.md); every process gets all the features."""
+is split over the mesh's data axis (docs/scaling.md), each process preparing only its rows of it;
+every process gets all the features. The images are an array in memory (:func:`encode_images`)
+or rows read from the source batch by batch (:func:`encode_rows`, ``data.stream``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Callable, Iterable, Iterator
 
 import jax
 import numpy as np
 
 from ddjax import mesh
+from ddjax.data.stream import BatchStream, LoadedSplit, SplitReader
 from ddjax.data.transforms import normalize
 from ddjax.errors import DdjaxError
-from ddjax.models.batched import map_batches
+from ddjax.models.batched import batch_indices, map_batches
 
 
 @functools.lru_cache(maxsize=16)
@@ -34,11 +38,36 @@ def encode_images(model, variables, images_NHWC, mean, std, batch_size: int = 50
     if np.ndim(images_NHWC) != 4 or images_NHWC.shape[0] == 0:
         raise DdjaxError(f"encode_images needs a non-empty [N, H, W, C] batch of images, got shape "
                          f"{tuple(np.shape(images_NHWC))}")
+    return _encode(model, variables, images_NHWC.shape[0], mean, std, batch_size, desc,
+                   lambda batches, held: (np.asarray(images_NHWC[idx[held]]) for idx in batches))
+
+
+def encode_rows(model, variables, reader: LoadedSplit | SplitReader, indices, mean, std,
+                batch_size: int = 500, desc: str | None = None) -> np.ndarray:
+    """:func:`encode_images` of ``reader.read(indices)``'s images, read batch by batch: each
+    process reads only its rows of each batch, a batch or two ahead in a background thread (for a
+    :class:`SplitReader`, ``data.stream``, from the source: the images are never all in memory)."""
+    indices = np.asarray(indices, np.int64)
+    if indices.ndim != 1 or len(indices) == 0:
+        raise DdjaxError(f"encode_rows needs a non-empty list of rows, got shape {indices.shape}")
+    return _encode(model, variables, len(indices), mean, std, batch_size, desc,
+                   lambda batches, held: (images for images, _ in
+                                          BatchStream(reader, (indices[i] for i in batches), held)))
+
+
+def _encode(model, variables, n: int, mean, std, batch_size: int, desc: str | None,
+            read: Callable[[Iterable[np.ndarray], np.ndarray], Iterator[np.ndarray]]) -> np.ndarray:
+    """The features of ``n`` images; ``read(batches, held)`` yields this process's rows ``held``
+    (:func:`ddjax.mesh.local_rows`) of each batch of ``batches`` (indices among the n), uint8."""
     device_mesh = mesh.current()
     apply, variables = _eval_apply(model, device_mesh), mesh.replicate(variables, device_mesh)
-    n = images_NHWC.shape[0]
     batch = mesh.divisible_batch(min(batch_size, n), device_mesh)
-    features = map_batches(lambda x: apply(variables, mesh.shard(x, device_mesh)), n, batch,
-                           lambda idx: normalize(np.asarray(images_NHWC[idx]), mean, std),
-                           desc=desc)
-    return np.asarray(features.reshape(n, -1), np.float32)
+    parts = read((idx for idx, _ in batch_indices(n, batch)), mesh.local_rows(batch, device_mesh))
+
+    def features(local):
+        x = mesh.from_local_rows(normalize(local, mean, std), batch, device_mesh)
+        return apply(variables, x)
+
+    # ``parts`` holds the batches map_batches takes (batch_indices), in the same order.
+    out = map_batches(features, n, batch, lambda idx: next(parts), desc=desc)
+    return np.asarray(out.reshape(n, -1), np.float32)

@@ -4,6 +4,10 @@ artifact (:mod:`ddjax.artifacts.teacher`). A weighted k-NN classifier monitors t
 state is checkpointed every epoch (and every ``checkpoint_every_steps``), randomness derives from
 the seed by ``fold_in``, so a rerun resumes exactly. Shared by both methods: MKDT's targets come
 from it, LGM can use it as its frozen backbone. Details in docs/mkdt.md#teacher.
+
+The train subset lives on every device, and each step indexes its batch there; with
+``data.stream`` nothing is loaded whole: each process reads its rows of every batch (and of the
+k-NN monitor's images) from the source, the same rows in the same order (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from ddjax import mesh
 from ddjax.artifacts.teacher import (build_encoder, encoder_variables, feature_dim, is_complete,
                                      read_meta, write_artifact)
 from ddjax.checkpoint import RunCheckpointer
-from ddjax.data.pipeline import dataset_spec, load_split
+from ddjax.data.pipeline import dataset_spec, open_rows
+from ddjax.data.stream import BatchStream, LoadedSplit, SplitReader
 from ddjax.data.subsets import random_subset
 from ddjax.errors import DdjaxError
 from ddjax.models import TorchLayout, from_torch_state_dict
@@ -29,7 +34,7 @@ from ddjax.models.registry import canonical_model_name
 from ddjax.models.state_dict_files import read_state_dict
 from ddjax.runlog import print_summary, progress
 from ddjax.ssl import recipes
-from ddjax.ssl.encode import encode_images
+from ddjax.ssl.encode import encode_rows
 from ddjax.ssl.knn import knn_accuracy
 from ddjax.ssl.optim import make_schedule
 from ddjax.ssl.torch_import import encoder_state_dict
@@ -73,31 +78,42 @@ def encoder_description(t, image_size) -> dict:
             "conv_impl": t.conv_impl, "init": t.init or None, "image_size": list(image_size)}
 
 
-class KnnMonitor:
-    """Weighted k-NN accuracy of an encoder: a train-feature bank against test features."""
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+    """Rows of a split (:func:`open_rows`'s) and their labels."""
 
-    def __init__(self, stage, train_images, train_labels, spec):
+    split: LoadedSplit | SplitReader
+    rows: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, split, rows: np.ndarray) -> "_Rows":
+        return cls(split, rows, split.read_labels(rows))
+
+
+class KnnMonitor:
+    """Weighted k-NN accuracy of an encoder: a train-feature bank against test features.
+    ``train`` is :func:`open_rows`'s; the images are read from the splits at each evaluation
+    (with ``data.stream``, from the source: each process its rows of each batch)."""
+
+    def __init__(self, stage, train, spec):
         t, seed = stage.config.teacher, stage.config.seed
-        bank = _subset(train_images.shape[0], t.knn_bank, seed)
-        test_images, test_labels = load_split(stage.config.data, "test")
-        test = _subset(test_images.shape[0], t.knn_test, seed + 1)
-        self.bank_images, self.bank_labels = train_images[bank], train_labels[bank]
-        self.test_images, self.test_labels = test_images[test], test_labels[test]
+        test = open_rows(stage.config.data, "test")
+        self.bank = _Rows.of(train, _subset(len(train), t.knn_bank, seed))
+        self.test = _Rows.of(test, _subset(len(test), t.knn_test, seed + 1))
         self.k, self.temperature = t.knn_k, t.knn_temperature
         self.mean, self.std, self.num_classes = spec.mean, spec.std, spec.num_classes
         self.batch_size = 500
 
     @property
     def sizes(self) -> dict:
-        return {"k": self.k, "temperature": self.temperature, "bank": len(self.bank_labels),
-                "test": len(self.test_labels)}
+        return {"k": self.k, "temperature": self.temperature, "bank": len(self.bank.labels),
+                "test": len(self.test.labels)}
 
     def __call__(self, model, variables) -> float:
-        def features(images):
-            return encode_images(model, variables, images, self.mean, self.std, self.batch_size)
-
-        bank, test = features(self.bank_images), features(self.test_images)
-        return knn_accuracy(bank, self.bank_labels, test, self.test_labels, k=self.k,
+        bank, test = (encode_rows(model, variables, part.split, part.rows, self.mean, self.std,
+                                  self.batch_size) for part in (self.bank, self.test))
+        return knn_accuracy(bank, self.bank.labels, test, self.test.labels, k=self.k,
                             temperature=self.temperature, num_classes=self.num_classes)
 
 
@@ -124,11 +140,44 @@ def _programs(model, recipe, steps_per_epoch: int, mean, std):
         idx = jax.lax.dynamic_slice_in_dim(perm, position * batch, batch)
         return step_fn(state, mesh.constrain_batch(images_dev[idx]), key)
 
+    @functools.partial(jax.jit, donate_argnums=0)
+    def batch_step(state, images, key):  # data.stream: the batch comes split (from_local_rows)
+        return step_fn(state, images, key)
+
     @jax.jit
     def init(key, sample):
         return init_ssl_state(key, model, projector, optimizer, sample)
 
-    return init, train_step
+    return init, train_step, batch_step
+
+
+def _resident_steps(images, train_step, steps_per_epoch: int):
+    """``steps(perm, start)``: the epoch's steps from ``start`` on, with the train subset
+    ``images`` on every device, each step taking its batch there."""
+    images_dev = mesh.replicate(images)
+
+    def steps(perm, start):
+        for position in range(start, steps_per_epoch):
+            yield lambda state, key, p=position: train_step(state, images_dev, perm, p, key)
+
+    return steps
+
+
+def _streamed_steps(reader: SplitReader, train: np.ndarray, batch_step, steps_per_epoch: int,
+                    batch: int):
+    """``steps(perm, start)`` like :func:`_resident_steps`'s, the same batches, each process
+    reading its rows of them from ``reader`` (a batch or two ahead)."""
+    held = mesh.local_rows(batch)
+
+    def steps(perm, start):
+        order = train[np.asarray(perm)]
+        batches = (order[p * batch:(p + 1) * batch] for p in range(start, steps_per_epoch))
+        with BatchStream(reader, batches, held) as parts:
+            for images, _ in parts:
+                images = mesh.from_local_rows(images, batch)
+                yield lambda state, key, x=images: batch_step(state, x, key)
+
+    return steps
 
 
 def _as_dict(state) -> dict:
@@ -168,15 +217,13 @@ def _import(stage) -> dict:
     path = Path(t.import_path)
     state_dict = encoder_state_dict(read_state_dict(path), t.import_prefix, t.import_ignore)
     spec = dataset_spec(stage.config.data)
-    images, labels = (None, None) if spec.image_size else load_split(stage.config.data, "train")
-    image_size = tuple(spec.image_size or images.shape[1:3])
+    train = None if spec.image_size else open_rows(stage.config.data, "train")
+    image_size = tuple(spec.image_size or train.read([0])[0].shape[1:3])
     model = build_encoder(encoder_description(t, image_size))
     # Checked before the data are loaded: a mismatch fails at once, naming the entries.
     loaded = from_torch_state_dict(state_dict, TorchLayout.from_model(model, image_size))
     variables = encoder_variables(loaded["params"], loaded.get("batch_stats"))
-    if images is None:
-        images, labels = load_split(stage.config.data, "train")
-    knn = KnnMonitor(stage, images, labels, spec)
+    knn = KnnMonitor(stage, open_rows(stage.config.data, "train") if train is None else train, spec)
     accuracy = knn(model, variables)
     file_digest = hashlib.sha256(path.read_bytes()).hexdigest()
     meta = _common_meta(stage, model, spec, image_size, knn, accuracy)
@@ -189,23 +236,27 @@ def _import(stage) -> dict:
 
 def _train(stage, recipe) -> dict:
     cfg, t = stage.config, stage.config.teacher
-    images, labels = load_split(cfg.data, "train")
-    spec, image_size = dataset_spec(cfg.data), images.shape[1:3]
-    train = _subset(images.shape[0], t.train_subset, cfg.seed)
+    split = open_rows(cfg.data, "train")
+    sample, _ = split.read([0])
+    spec, image_size = dataset_spec(cfg.data), sample.shape[1:3]
+    train = _subset(len(split), t.train_subset, cfg.seed)
     steps_per_epoch = len(train) // recipe.batch_size
     if steps_per_epoch < 1:
         raise DdjaxError(f"teacher.batch_size {recipe.batch_size} is larger than the {len(train)} "
                          "training images; lower it or raise teacher.train_subset")
     total = recipe.epochs * steps_per_epoch
     model = build_encoder(encoder_description(t, image_size))
-    init, train_step = _programs(model, recipe, steps_per_epoch, tuple(spec.mean), tuple(spec.std))
+    init, train_step, batch_step = _programs(model, recipe, steps_per_epoch, tuple(spec.mean),
+                                             tuple(spec.std))
     lr_at = make_schedule(recipe.lr, total, recipe.warmup_epochs * steps_per_epoch, recipe.schedule,
                           recipe.warmup_init_lr, recipe.end_lr)
     base = jax.random.key(cfg.seed)
     init_key, order_key, view_key = (jax.random.fold_in(base, i) for i in range(3))
-    state = mesh.replicate(init(init_key, images[:1]))
-    knn = KnnMonitor(stage, images, labels, spec)
-    images_dev = mesh.replicate(images[train])
+    state = mesh.replicate(init(init_key, sample))
+    knn = KnnMonitor(stage, split, spec)
+    steps = (_streamed_steps(split, train, batch_step, steps_per_epoch, recipe.batch_size)
+             if isinstance(split, SplitReader) else
+             _resident_steps(split.images[train], train_step, steps_per_epoch))
 
     def encoder_of(state):
         return encoder_variables(state.params["encoder"], state.batch_stats["encoder"])
@@ -228,9 +279,8 @@ def _train(stage, recipe) -> dict:
             started = time.time()
             epoch, position = divmod(step, steps_per_epoch)
             perm = jax.random.permutation(jax.random.fold_in(order_key, epoch), len(train))
-            for position in range(position, steps_per_epoch):
-                state, metrics = train_step(state, images_dev, perm, position,
-                                            jax.random.fold_in(view_key, step))
+            for run_step in steps(perm, position):
+                state, metrics = run_step(state, jax.random.fold_in(view_key, step))
                 metrics = mesh.fetch(metrics)
                 loss = check_finite(float(metrics["loss"]), f"the teacher loss at step {step + 1}",
                                     "lower teacher.lr")
