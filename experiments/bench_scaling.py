@@ -15,6 +15,12 @@ after the run, blocking on each call).
     python experiments/bench_scaling.py --steps --devices 1 2 4 8
     python experiments/bench_scaling.py --host-overhead runs/smoke
     python experiments/bench_scaling.py --host-overhead runs/smoke --method lgm --iterations 200
+
+``--teacher-stream``: ``ddjax teacher`` (the config's, ``--epochs`` long) with the train split in
+memory and with ``data.stream=True`` (each batch read from the data source, a batch ahead): the
+wall time of each epoch after the first (compilation excluded) and the ratio.
+
+    python experiments/bench_scaling.py --teacher-stream --set data.train_subset=10000
 """
 
 from __future__ import annotations
@@ -215,6 +221,29 @@ def host_overhead(args) -> None:
                       "host_overhead_ms": round((per_iteration - alone) * 1e3, 2)}))
 
 
+def teacher_stream(args) -> None:
+    """Epoch time of the teacher with the split in memory and streamed from its source."""
+    from ddjax.cli import main as cli
+
+    seconds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for stream in (False, True):
+            work = Path(tmp) / f"stream_{stream}"
+            argv = ["teacher", "--config", args.config, "--workdir", str(work)]
+            for item in [f"teacher.epochs={args.epochs}", "teacher.knn_every=0",
+                         f"data.stream={stream}"] + args.set:
+                argv += ["--set", item]
+            if cli(argv) != 0:
+                raise SystemExit("the teacher run failed")
+            records = [json.loads(line) for line in
+                       (work / "teacher" / "metrics.jsonl").read_text().splitlines()]
+            seconds[stream] = [r["train_seconds"] for r in records if "train_seconds" in r][1:]
+    memory, streamed = (float(np.median(seconds[s])) for s in (False, True))
+    print(json.dumps({"epochs_timed": len(seconds[False]), "memory_epoch_s": round(memory, 2),
+                      "streamed_epoch_s": round(streamed, 2),
+                      "streamed_over_memory": round(streamed / memory, 3)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", action="store_true", help="step time per device count")
@@ -233,6 +262,9 @@ def main() -> None:
     parser.add_argument("--method", choices=sorted(OVERHEAD), default="mkdt")
     parser.add_argument("--config", default=None, help="default: experiments/smoke.py (:lgm)")
     parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--teacher-stream", action="store_true",
+                        help="teacher epoch time, split in memory against data.stream")
+    parser.add_argument("--epochs", type=int, default=3, help="--teacher-stream's epochs")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     args = parser.parse_args()
     if args.config is None:
@@ -243,8 +275,10 @@ def main() -> None:
         host_overhead(args)
     elif args.steps:
         sweep_steps(args)
+    elif args.teacher_stream:
+        teacher_stream(args)
     else:
-        parser.error("give --steps or --host-overhead W")
+        parser.error("give --steps, --host-overhead W or --teacher-stream")
 
 
 if __name__ == "__main__":
