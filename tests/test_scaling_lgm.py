@@ -1,5 +1,6 @@
 """Scale-out of `ddjax distill lgm` on CPU: on 8 virtual devices and on 2 localhost processes x 4
-devices (jax.distributed) the stage writes the set the 1-device run writes, names its layout in
+devices (jax.distributed), reading the real batches per process from the data source, the stage
+writes the set the 1-device in-memory run writes, names its layout in
 the summary and writes its metrics once; a non-finite loss, read back only when the stage logs,
 stops the run before anything of that step or later is written.
 
@@ -66,9 +67,11 @@ def _snapshots(workdir):
 
 def test_distill_lgm_on_8_devices_and_2_processes_equals_1_device(lgm_toy, tmp_path, capsys):
     one, eight, two_by_four = tmp_path / "one", tmp_path / "eight", tmp_path / "two_by_four"
-    # The other layouts run in their own processes while this one runs in-process.
-    runs8 = start(stage_args(["distill", "lgm"], eight, lgm_toy, CONFIG), devices=8)
-    runs2x4 = start(stage_args(["distill", "lgm"], two_by_four, lgm_toy, CONFIG), devices=4,
+    # The other layouts run in their own processes while this one runs in-process; they read
+    # their rows of each real batch from the data source (data.stream), this one from memory.
+    streamed = [*lgm_toy, "data.stream=True"]
+    runs8 = start(stage_args(["distill", "lgm"], eight, streamed, CONFIG), devices=8)
+    runs2x4 = start(stage_args(["distill", "lgm"], two_by_four, streamed, CONFIG), devices=4,
                     processes=2)
     code, out, err = _cli(one, lgm_toy, capsys)
     assert code == 0, err

@@ -10,7 +10,8 @@ Schedule, batches and randomness: docs/lgm.md#schedule.
 
 Layout (docs/scaling.md): the levels, Adam state, probes and backbone are replicated over the
 mesh; the real batch and the augmented views are split over its data axis. Every process draws
-the same batches from ``key(seed)`` and places the same full arrays. The host prepares step
+the same batches from ``key(seed)`` and reads its rows of each (from the split in memory, or with
+``data.stream`` from the data source) in a background thread a batch ahead; the host places step
 ``s + 1``'s real batch while the device runs step ``s``, and reads the losses back only when it
 logs, checkpoints, snapshots or finishes (checking them, and the levels, finite first).
 """
@@ -27,7 +28,8 @@ from ddjax import mesh
 from ddjax.artifacts.image_set import LGM_SET, write_image_set
 from ddjax.checkpoint import RunCheckpointer
 from ddjax.config import config_to_dict
-from ddjax.data.pipeline import dataset_spec, load_split
+from ddjax.data.pipeline import dataset_spec, open_rows
+from ddjax.data.stream import BatchStream, LoadedSplit, SplitReader
 from ddjax.errors import DdjaxError
 from ddjax.lgm import pyramid
 from ddjax.lgm.augment import check_mode
@@ -131,15 +133,17 @@ class LossLog:
         return self.recent
 
 
-def distill_one(stage: Stage, tag: str, spec: str, images: np.ndarray, labels: np.ndarray,
+def distill_one(stage: Stage, tag: str, spec: str, train: LoadedSplit | SplitReader,
                 data_spec) -> dict:
-    """Distil (or resume, or find done) the set of one backbone; returns its summary figures."""
+    """Distil (or resume, or find done) the set of one backbone from the rows of ``train``
+    (:func:`ddjax.data.pipeline.open_rows`'s); returns its summary figures."""
     cfg, lgm = stage.config, stage.config.lgm
     out_dir = stage.directory / tag
     set_dir = LGM_SET.locate(stage.workdir, tag=tag)
-    if not lgm.syn_res and images.shape[1] != images.shape[2]:
-        raise DdjaxError(f"train images are {images.shape[1]}x{images.shape[2]}; set lgm.syn_res")
-    syn_res = lgm.syn_res or images.shape[1]
+    height, width = train.read([0])[0].shape[1:3]
+    if not lgm.syn_res and height != width:
+        raise DdjaxError(f"train images are {height}x{width}; set lgm.syn_res")
+    syn_res = lgm.syn_res or height
     identity = {"dataset": data_spec.name, "backbone": backbone_identity(spec), "ipc": lgm.ipc,
                 "syn_res": syn_res}
     if LGM_SET.is_complete(set_dir):
@@ -154,7 +158,7 @@ def distill_one(stage: Stage, tag: str, spec: str, images: np.ndarray, labels: n
     syn_labels = synthetic_labels(num_classes, lgm.ipc)
     base = jax.random.key(cfg.seed)
     level_key, step_key = jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
-    batches = RealBatches(jax.random.fold_in(base, 3), len(labels),
+    batches = RealBatches(jax.random.fold_in(base, 3), len(train),
                           lgm.ipc * lgm.augs_per_batch * num_classes)
     # Placed once: replicated state and constants (a numpy input would be copied every step).
     variables, syn_labels_d, step_key_d = mesh.replicate((backbone.variables, syn_labels,
@@ -172,8 +176,7 @@ def distill_one(stage: Stage, tag: str, spec: str, images: np.ndarray, labels: n
 
     def prepare(step: int):
         """Step ``step``'s real batch (rows split over the data axis) and number, placed."""
-        rows = batches.indices(step)
-        return (*mesh.shard((images[rows], labels[rows])), mesh.replicate(np.int32(step)))
+        return (*mesh.from_local_rows(next(reads), batches.batch), mesh.replicate(np.int32(step)))
 
     def snapshot(step: int) -> None:
         grid = mesh.fetch(pyramid.decode_jit(levels, syn_res, lgm.decorrelate_color))
@@ -192,7 +195,9 @@ def distill_one(stage: Stage, tag: str, spec: str, images: np.ndarray, labels: n
         stage.metrics.rewind(start - 1, backbone=tag)   # the steps from ``start`` on are redone
         last = lgm.iterations
         log = LossLog(tag, lgm.log_every, recent)
-        with progress(total=last + 1, initial=start, desc=f"lgm {tag}") as bar:
+        reads = BatchStream(train, map(batches.indices, range(start, last + 1)),
+                            mesh.local_rows(batches.batch))
+        with reads, progress(total=last + 1, initial=start, desc=f"lgm {tag}") as bar:
             timer = time.perf_counter()
             batch = prepare(start) if start <= last else None
             for step in range(start, last + 1):
@@ -242,9 +247,9 @@ def run(stage: Stage) -> dict:
     lgm = stage.config.lgm
     entries = backbone_entries(lgm.backbones, stage.workdir)
     data_spec = dataset_spec(stage.config.data)
-    images, labels = load_split(stage.config.data, "train")
+    train = open_rows(stage.config.data, "train")
     started = time.perf_counter()
-    results = {tag: distill_one(stage, tag, spec, images, labels, data_spec)
+    results = {tag: distill_one(stage, tag, spec, train, data_spec)
                for tag, spec in entries}
     return print_summary("distill lgm", stage.workdir,
                          {tag: r["set"] for tag, r in results.items()},
