@@ -179,6 +179,12 @@ def iterate_batches(
         yield np.stack(images), np.array([r["label"] for r in records], dtype=np.int32)
 
 
+def resizer(size: tuple[int, int] | None) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The ``iterate_batches`` transform that resizes an image to ``size`` (PIL LANCZOS); None
+    keeps images as stored."""
+    return None if size is None else (lambda image: resize_images([image], size)[0])
+
+
 def load_arrays(
     name: str,
     split: str,
@@ -196,8 +202,7 @@ def load_arrays(
     check_split(split)
     resolved = _resolve(name, archive, data_dir)
     source = _open(resolved, split)
-    size = resize_to or resolved.spec.resize_to
-    transform = None if size is None else (lambda image: resize_images([image], size)[0])
+    transform = resizer(resize_to or resolved.spec.resize_to)
     images, labels = [], []
     for x, y in iterate_batches(source, _READ_BATCH, np.arange(len(source)), transform=transform):
         images.append(x)

@@ -18,8 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ddjax.data.sources import iterate_batches
-from ddjax.data.transforms import resize_images
+from ddjax.data.sources import iterate_batches, resizer
 
 _END = object()  # the producer read every batch
 
@@ -30,7 +29,7 @@ class SplitReader:
 
     def __init__(self, records, keep: np.ndarray | None = None,
                  resize_to: tuple[int, int] | None = None):
-        self.records, self.keep, self.resize_to = records, keep, resize_to
+        self.records, self.keep, self.transform = records, keep, resizer(resize_to)
 
     def __len__(self) -> int:
         return len(self.records) if self.keep is None else len(self.keep)
@@ -39,10 +38,8 @@ class SplitReader:
         """``(images uint8 NHWC, labels int32)`` of ``rows``, in the given order."""
         rows = np.asarray(rows, np.int64)
         indices = rows if self.keep is None else self.keep[rows]
-        size = self.resize_to
-        transform = None if size is None else (lambda image: resize_images([image], size)[0])
         return next(iterate_batches(self.records, len(indices), indices,
-                                    transform=transform))
+                                    transform=self.transform))
 
     def read_labels(self, rows: Sequence[int] | np.ndarray, chunk: int = 4096) -> np.ndarray:
         """The labels of ``rows`` (int32), read ``chunk`` records at a time."""
