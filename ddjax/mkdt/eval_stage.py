@@ -11,6 +11,7 @@ known, so a rerun continues where a stopped one ended. See docs/mkdt.md#evaluati
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,7 @@ from ddjax.artifacts.representations import REPRESENTATIONS
 from ddjax.artifacts.results import MKDT_ENCODERS, MKDT_RESULT, read_result, write_result
 from ddjax.artifacts.selection import SELECTION, selection_indices
 from ddjax.artifacts.synset import SYNSET, find_synset, read_synset
+from ddjax.checkpoint import RunCheckpointer
 from ddjax.data.pipeline import dataset_spec, load_normalized, load_split
 from ddjax.data.sources import local_unavailable_reason
 from ddjax.data.subsets import label_fraction_indices, random_subset
@@ -241,11 +243,15 @@ def _encoders(inputs: EvalInputs, row: str, model, image_size):
     objective = data.objective.expert_objective(model.apply, None, data.ssl) if data.objective else None
     params, state = init_encoders(model, seed_keys(seeds, 0), image_size)
     started = time.perf_counter()
-    params, state, loss = pretrain(model, params, state, data.images, data.targets,
-                                   seed_keys(seeds, 1), lr=data.lr, epochs=ev.epochs,
-                                   batch_size=ev.batch_size, momentum=ev.momentum,
-                                   weight_decay=ev.weight_decay, objective=objective,
-                                   aug_keys=seed_keys(seeds, 3), desc=f"pre-train {row}")
+    # Epoch checkpoints of this row's pre-training, kept apart per set it pre-trains on.
+    resume = inputs.stage.directory / "resume" / row / hashlib.sha256(data.source.encode()).hexdigest()[:12]
+    with RunCheckpointer(resume) as checkpoints:
+        params, state, loss = pretrain(model, params, state, data.images, data.targets,
+                                       seed_keys(seeds, 1), lr=data.lr, epochs=ev.epochs,
+                                       batch_size=ev.batch_size, momentum=ev.momentum,
+                                       weight_decay=ev.weight_decay, objective=objective,
+                                       aug_keys=seed_keys(seeds, 3), desc=f"pre-train {row}",
+                                       checkpoints=checkpoints)
     if not np.isfinite(loss).all():
         raise DdjaxError(f"pre-training {row} diverged (final loss {loss.tolist()}) at lr {data.lr}")
     record = {"source": data.source, "lr": data.lr, "num_images": int(len(data.images)),

@@ -6,7 +6,9 @@ Seed ``s`` draws its initialisation, data order and views from ``fold_in(key(s),
 the rows of a results table differ only in their data. Features are the raw flattened trunk
 output; BatchNorm networks compute train features in train mode, as the reference's ``le_run``.
 The seed axis is split over the mesh's data axis when the seeds divide over it (replicated
-otherwise; docs/scaling.md). See docs/mkdt.md#evaluation.
+otherwise; docs/scaling.md). Given a checkpointer, pre-training saves after every epoch and
+resumes exactly from the latest one (the full-data row trains for hours on a CPU). See
+docs/mkdt.md#evaluation.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddjax import mesh
+from ddjax.checkpoint import RunCheckpointer
 from ddjax.mkdt.experts import epoch_permutations, make_student_epoch, mse_loss_fn, torch_sgd
 from ddjax.models.batched import map_batches
 from ddjax.models.registry import dummy_input
@@ -44,12 +47,14 @@ def init_encoders(model, keys: jax.Array, image_size) -> tuple[dict, dict]:
 def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, order_keys: jax.Array,
              *, lr: float, epochs: int, batch_size: int, momentum: float, weight_decay: float,
              objective: tuple | None = None, aug_keys: jax.Array | None = None,
-             desc: str | None = None) -> tuple[dict, dict, np.ndarray]:
+             desc: str | None = None,
+             checkpoints: RunCheckpointer | None = None) -> tuple[dict, dict, np.ndarray]:
     """Train every seed's encoder ``epochs`` epochs on ``(images, targets)``; returns the
     parameters, model states and each seed's last-epoch mean loss ``[S]``. ``objective`` is a
     ``(loss_fn, augment)`` pair for ``make_student_epoch`` (MTT-SSL sets: Barlow Twins on two views,
     drawn from ``aug_keys [S]``); None is MKDT's MSE without augmentation. The arrays of
-    ``params`` and ``state`` are donated to the training program: do not read them afterwards."""
+    ``params`` and ``state`` are donated to the training program: do not read them afterwards.
+    With ``checkpoints``, training continues from their latest epoch and saves after each one."""
     optimizer = torch_sgd(lr, momentum, weight_decay)
     n = len(images)
     loss_fn, augment = objective or (mse_loss_fn(model.apply), None)
@@ -58,15 +63,23 @@ def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, orde
     aug_keys = None if aug_keys is None else mesh.shard(aug_keys)
     opt_state = jax.vmap(optimizer.init)(params)
     images, targets = mesh.replicate((np.asarray(images, np.float32), np.asarray(targets, np.float32)))
-    loss = np.full(order_keys.shape[0], np.nan)
-    bar = progress(total=epochs, desc=desc or "pre-train")
-    for epoch in range(epochs):
+    loss, start = np.full(order_keys.shape[0], np.nan), 0
+    run_state = lambda: {"params": params, "opt": opt_state, **({"state": state} if state else {})}  # noqa: E731
+    restored = checkpoints.restore_latest(run_state()) if checkpoints else None
+    if restored is not None:
+        saved, meta = restored
+        params, opt_state, state = saved["params"], saved["opt"], saved.get("state", state)
+        start, loss = meta["epoch"], np.asarray(meta["loss"], np.float64)
+    bar = progress(total=epochs, initial=start, desc=desc or "pre-train")
+    for epoch in range(start, epochs):
         perms = epoch_permutations(order_keys, epoch, n)
         epoch_aug = order_keys if aug_keys is None else jax.vmap(
             lambda k: jax.random.fold_in(k, epoch))(aug_keys)
         params, state, opt_state, loss = epoch_fn(params, state, opt_state, images, targets, perms,
                                                   epoch_aug)
         loss = mesh.fetch(loss)  # waits for the epoch, so the progress bar's ETA is true
+        if checkpoints:
+            checkpoints.save(epoch + 1, run_state(), {"epoch": epoch + 1, "loss": loss.tolist()})
         bar.update(1)
         bar.set_postfix(loss=f"{loss.mean():.4g}")
     bar.close()

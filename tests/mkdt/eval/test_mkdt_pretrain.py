@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ddjax.checkpoint import RunCheckpointer
 from ddjax.mkdt.pretrain import features, init_encoders, pretrain, seed_keys
 from ddjax.mkdt.experts import epoch_permutations
 from ddjax.models import build_model
@@ -64,6 +65,26 @@ def test_pretraining_equals_a_hand_written_sgd_loop(model, data):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-4, atol=1e-5)
     assert loss.shape == (2,) and np.isfinite(loss).all()
     assert bool(start_s) == (model.norm == "batchnorm")
+
+
+def test_pretraining_resumes_from_its_last_epoch_checkpoint_exactly(model, data, tmp_path):
+    images, targets = data
+    order = seed_keys([3, 5], 1)
+
+    def run(epochs, init_seeds=(3, 5), **kwargs):
+        params, state = init_encoders(model, seed_keys(list(init_seeds), 0), HW)
+        return pretrain(model, params, state, images, targets, order, lr=0.05, epochs=epochs,
+                        batch_size=BATCH, **SGD, **kwargs)
+
+    want = run(3)
+    with RunCheckpointer(tmp_path / "resume") as checkpoints:
+        run(1, checkpoints=checkpoints)  # stopped after its first epoch
+        assert checkpoints.all_steps() == [1]
+        # Other initial weights: only a run that takes the checkpoint's weights can match.
+        got = run(3, init_seeds=(7, 8), checkpoints=checkpoints)
+        assert checkpoints.all_steps() == [2, 3]
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
 
 
 def test_lr_zero_leaves_the_weights_unchanged(model, data):
