@@ -18,7 +18,7 @@ import numpy as np
 
 from ddjax.artifacts.image_set import BASELINE_SET, LGM_SET, read_image_set, write_image_set
 from ddjax.artifacts.results import LGM_ALIGNMENT, LGM_RESULT, read_result, write_result
-from ddjax.data.pipeline import dataset_spec, load_split
+from ddjax.data.pipeline import dataset_spec, open_rows
 from ddjax.data.subsets import random_subset
 from ddjax.errors import DdjaxError
 from ddjax.lgm import tables as lgm_tables
@@ -26,7 +26,7 @@ from ddjax.lgm.alignment import mutual_knn_alignment
 from ddjax.lgm.augment import check_mode
 from ddjax.lgm.backbones import backbone_entries, backbone_identity, load_checked
 from ddjax.lgm.baselines import centroid_indices, neighbor_indices, random_real_indices
-from ddjax.lgm.probe import (embed_images, make_embedder, probe_lr, topk_accuracy,
+from ddjax.lgm.probe import (embed_images, embed_rows, make_embedder, probe_lr, topk_accuracy,
                              train_probes)
 from ddjax.smoke import scale_note
 from ddjax.runlog import print_summary, write_json_atomic
@@ -54,18 +54,20 @@ def check_config(config) -> None:
 
 
 class EvalInputs:
-    """Data, lazily loaded backbones and cached train embeddings of one evaluation run."""
+    """Data, lazily loaded backbones and cached train embeddings of one evaluation run. The splits
+    are :func:`open_rows`'s: with ``data.stream`` only their labels are held, and images are
+    read (each process its rows of a batch) when they are embedded."""
 
     def __init__(self, stage: Stage):
         self.stage, self.ev = stage, stage.config.lgm_eval
         self.spec = dataset_spec(stage.config.data)
-        self.train_images, self.train_labels = load_split(stage.config.data, "train")
-        test_images, test_labels = load_split(stage.config.data, "test")
+        self.train, self.test = open_rows(stage.config.data, "train"), open_rows(stage.config.data, "test")
+        self.train_labels = self.train.read_labels(np.arange(len(self.train)))
+        self.test_rows = np.arange(len(self.test))
         if self.ev.test_subset:
-            count = min(self.ev.test_subset, len(test_labels))
-            keep = random_subset(len(test_labels), count, seed=0)
-            test_images, test_labels = test_images[keep], test_labels[keep]
-        self.test_images, self.test_labels = test_images, test_labels
+            count = min(self.ev.test_subset, len(self.test))
+            self.test_rows = random_subset(len(self.test), count, seed=0)
+        self.test_labels = self.test.read_labels(self.test_rows)
         self.specs = dict(backbone_entries(stage.config.lgm.backbones, stage.workdir))
         self.distill_tags = list(self.specs)
         eval_entries = (backbone_entries(self.ev.backbones, stage.workdir)
@@ -85,14 +87,15 @@ class EvalInputs:
 
     def train_features(self, tag: str) -> np.ndarray:
         if tag not in self._train_features:
-            self._train_features[tag] = embed_images(self.backbone(tag), self.train_images,
-                                                     self.ev.embed_batch, desc=f"embed train {tag}")
+            self._train_features[tag] = embed_rows(self.backbone(tag), self.train,
+                                                   np.arange(len(self.train)), self.ev.embed_batch,
+                                                   desc=f"embed train {tag}")
         return self._train_features[tag]
 
     def test_features(self, tag: str) -> np.ndarray:
         if tag not in self._test_features:
-            self._test_features[tag] = embed_images(self.backbone(tag), self.test_images,
-                                                    self.ev.embed_batch, desc=f"embed test {tag}")
+            self._test_features[tag] = embed_rows(self.backbone(tag), self.test, self.test_rows,
+                                                  self.ev.embed_batch, desc=f"embed test {tag}")
         return self._test_features[tag]
 
 
@@ -104,7 +107,7 @@ def _baseline_set(inputs: EvalInputs, name: str, identity: dict, pick) -> Path:
         BASELINE_SET.check(BASELINE_SET.read_meta(directory), identity, directory)
         return directory
     indices = pick()
-    images = inputs.train_images[indices].astype(np.float32) / 255.0
+    images = inputs.train.read(indices)[0].astype(np.float32) / 255.0
     write_image_set(BASELINE_SET, directory, images, inputs.train_labels[indices],
                     dict(identity, train_indices=indices.tolist()),
                     class_names=inputs.spec.class_names)
@@ -220,7 +223,8 @@ def evaluate_full(inputs: EvalInputs, tag: str) -> dict:
                   lr=probe_lr(ev.full_lr_per_256, ev.full_batch_size),
                   desc=f"probe full on {tag}")
     if ev.full_augment:
-        probes, losses = train_probes(inputs.train_images[keep], inputs.train_labels[keep], seeds,
+        # Augmented views are drawn every epoch: the kept rows are held in memory.
+        probes, losses = train_probes(inputs.train.read(keep)[0], inputs.train_labels[keep], seeds,
                                       embed=make_embedder(backbone, ev.aug_mode),
                                       variables=backbone.variables, **common)
     else:

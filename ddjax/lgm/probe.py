@@ -21,8 +21,9 @@ import optax
 from ddjax import mesh
 from ddjax.lgm.step import PROBE_STD, Probes
 from ddjax.lgm.augment import augment, center_view, sample_aug
-from ddjax.models.batched import map_batches
+from ddjax.data.stream import LoadedSplit, SplitReader
 from ddjax.runlog import progress
+from ddjax.ssl.encode import in_memory, map_rows
 
 
 def probe_lr(lr_per_256: float, batch_size: int) -> float:
@@ -152,12 +153,20 @@ def topk_accuracy(probes: Probes, features: np.ndarray, labels: np.ndarray, k: i
 
 def embed_images(backbone, images, batch_size: int = 500, desc: str | None = None) -> np.ndarray:
     """Eval-view features [N, D] (center view at the backbone's resolution, no augmentation) of
-    uint8 or [0, 1] float images, in order; every batch (split over the data axis) is padded to
-    ``batch_size`` so one program per backbone and image shape serves all calls."""
+    uint8 or [0, 1] float images, in order (:func:`embed_rows` of images in memory)."""
+    return embed_rows(backbone, in_memory(np.asarray(images)), np.arange(len(images)), batch_size,
+                      desc)
+
+
+def embed_rows(backbone, reader: LoadedSplit | SplitReader, indices, batch_size: int = 500,
+               desc: str | None = None) -> np.ndarray:
+    """:func:`embed_images` of ``reader.read(indices)``'s images, each process reading only its
+    rows of each batch (with ``data.stream`` from the source, never the whole split); every batch
+    (split over the data axis) is padded to ``batch_size`` so one program per backbone and image
+    shape serves all calls."""
     embed, variables = _center_embedder(backbone), mesh.replicate(backbone.variables)
-    return map_batches(lambda x: embed(variables, mesh.shard(x)), len(images),
-                       mesh.divisible_batch(max(1, batch_size)),
-                       lambda idx: np.asarray(images[idx]), desc=desc).astype(np.float32)
+    return map_rows(lambda x: embed(variables, x), reader, indices,
+                    mesh.divisible_batch(max(1, batch_size)), desc=desc).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)

@@ -3,13 +3,14 @@ representations. Forward only, so convolutions run as ``lax.conv`` whatever the 
 ``conv_impl`` (XLA's own convolution is the fastest forward on every backend here). Each batch
 is split over the mesh's data axis (docs/scaling.md), each process preparing only its rows of it;
 every process gets all the features. The images are an array in memory (:func:`encode_images`)
-or rows read from the source batch by batch (:func:`encode_rows`, ``data.stream``)."""
+or rows read from the source batch by batch (:func:`encode_rows`, ``data.stream``);
+:func:`map_rows` is that reading loop for any jitted function of a batch (LGM's embeddings)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import jax
 import numpy as np
@@ -38,8 +39,8 @@ def encode_images(model, variables, images_NHWC, mean, std, batch_size: int = 50
     if np.ndim(images_NHWC) != 4 or images_NHWC.shape[0] == 0:
         raise DdjaxError(f"encode_images needs a non-empty [N, H, W, C] batch of images, got shape "
                          f"{tuple(np.shape(images_NHWC))}")
-    return _encode(model, variables, images_NHWC.shape[0], mean, std, batch_size, desc,
-                   lambda batches, held: (np.asarray(images_NHWC[idx[held]]) for idx in batches))
+    return encode_rows(model, variables, in_memory(images_NHWC), np.arange(len(images_NHWC)),
+                       mean, std, batch_size, desc)
 
 
 def encode_rows(model, variables, reader: LoadedSplit | SplitReader, indices, mean, std,
@@ -50,24 +51,34 @@ def encode_rows(model, variables, reader: LoadedSplit | SplitReader, indices, me
     indices = np.asarray(indices, np.int64)
     if indices.ndim != 1 or len(indices) == 0:
         raise DdjaxError(f"encode_rows needs a non-empty list of rows, got shape {indices.shape}")
-    return _encode(model, variables, len(indices), mean, std, batch_size, desc,
-                   lambda batches, held: (images for images, _ in
-                                          BatchStream(reader, (indices[i] for i in batches), held)))
-
-
-def _encode(model, variables, n: int, mean, std, batch_size: int, desc: str | None,
-            read: Callable[[Iterable[np.ndarray], np.ndarray], Iterator[np.ndarray]]) -> np.ndarray:
-    """The features of ``n`` images; ``read(batches, held)`` yields this process's rows ``held``
-    (:func:`ddjax.mesh.local_rows`) of each batch of ``batches`` (indices among the n), uint8."""
     device_mesh = mesh.current()
     apply, variables = _eval_apply(model, device_mesh), mesh.replicate(variables, device_mesh)
-    batch = mesh.divisible_batch(min(batch_size, n), device_mesh)
-    parts = read((idx for idx, _ in batch_indices(n, batch)), mesh.local_rows(batch, device_mesh))
+    batch = mesh.divisible_batch(min(batch_size, len(indices)), device_mesh)
+    out = map_rows(lambda x: apply(variables, x), reader, indices, batch,
+                   prepare=lambda local: normalize(local, mean, std), desc=desc)
+    return np.asarray(out.reshape(len(indices), -1), np.float32)
 
-    def features(local):
-        x = mesh.from_local_rows(normalize(local, mean, std), batch, device_mesh)
-        return apply(variables, x)
+
+def in_memory(images: np.ndarray) -> LoadedSplit:
+    """Images already in memory, read as a split's rows (their labels unused)."""
+    return LoadedSplit(images, np.zeros(len(images), np.int32))
+
+
+def map_rows(fn: Callable[[jax.Array], jax.Array], reader: LoadedSplit | SplitReader, indices,
+             batch: int, prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+             desc: str | None = None) -> np.ndarray:
+    """``fn`` (a jitted function of a global batch, its output replicated) over the images of
+    ``reader.read(indices)`` in batches of ``batch`` (a multiple of the mesh's data axis; the last
+    padded), concatenated. Each process reads only its rows of each batch
+    (:func:`ddjax.mesh.local_rows`) in a :class:`BatchStream` thread, ``prepare``s them, and the
+    global batch is assembled from every process's rows."""
+    indices = np.asarray(indices, np.int64)
+    held = mesh.local_rows(batch)
+    batches = (indices[idx] for idx, _ in batch_indices(len(indices), batch))
+    parts = (images for images, _ in BatchStream(reader, batches, held))
+
+    def run(local):
+        return fn(mesh.from_local_rows(prepare(local) if prepare else local, batch))
 
     # ``parts`` holds the batches map_batches takes (batch_indices), in the same order.
-    out = map_batches(features, n, batch, lambda idx: next(parts), desc=desc)
-    return np.asarray(out.reshape(n, -1), np.float32)
+    return map_batches(run, len(indices), batch, lambda idx: next(parts), desc=desc)

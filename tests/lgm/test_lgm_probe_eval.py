@@ -10,6 +10,8 @@ from ddjax.lgm.step import Probes
 from ddjax.lgm import probe as lgm_probe
 from ddjax.lgm.alignment import mutual_knn_alignment, spearman
 from ddjax.lgm.baselines import centroid_indices, neighbor_indices
+from ddjax.data.stream import SplitReader
+from lgm_helpers import tiny_backbone
 
 
 def test_learning_rate_rule_and_cosine_schedule():
@@ -87,3 +89,16 @@ def test_mutual_knn_alignment_and_rank_correlation():
     np.testing.assert_allclose(spearman([1, 2, 3, 4], [1, 3, 2, 4]), 0.8)
     np.testing.assert_allclose(spearman([1, 2, 2, 3], [1, 2, 3, 4]), 0.9486832980505138)
     assert spearman([1, 2], [2, 1]) is None
+
+
+def test_embedding_rows_read_from_a_source_equals_embedding_them_in_memory():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(11, 16, 16, 3), dtype=np.uint8)
+    records = [{"image": image, "label": i % 3} for i, image in enumerate(images)]
+    keep = np.array([10, 2, 7, 0, 5, 9, 1, 3])        # the reader's rows: a subset, reordered
+    rows = np.array([4, 0, 7, 7, 2])                    # 5 rows in batches of 2: the last padded
+    backbone = tiny_backbone()
+    got = lgm_probe.embed_rows(backbone, SplitReader(records, keep), rows, batch_size=2)
+    want = np.asarray(backbone.embed(images[keep[rows]].astype(np.float32) / 255.0))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(lgm_probe.embed_images(backbone, images[keep[rows]], 2), got)
