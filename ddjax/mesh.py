@@ -277,6 +277,14 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def primary_says(value: bool) -> bool:
+    """Process 0's ``value``, on every process: for decisions every process must take alike (a
+    collective checkpoint save) that each would otherwise take from its own clock."""
+    if jax.process_count() == 1:
+        return bool(value)
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(value))))
+
+
 def barrier(name: str) -> None:
     """Wait until every process reaches ``name`` (nothing on one process)."""
     if jax.process_count() > 1:

@@ -153,12 +153,14 @@ rows, whole = mesh.local_rows(8), []
 for images, labels in BatchStream(SplitReader(records, keep=np.arange(0, 50, 2)), batches, rows):
     batch = mesh.fetch(mesh.from_local_rows({"images": images, "labels": labels}, 8))
     whole.append([batch["images"][:, 0, 0, 0].tolist(), batch["labels"].tolist()])
-print(json.dumps({"rows": rows.tolist(), "asked": asked, "whole": whole}))
+says = [mesh.primary_says(mesh.is_primary() == want) for want in (True, False)]
+print(json.dumps({"rows": rows.tolist(), "asked": asked, "whole": whole, "says": says}))
 mesh.finish()
 """
 
 
 def test_each_of_2_processes_reads_only_its_rows_and_the_batch_is_whole():
+    """Also: a decision taken by each process's own value (a clock) is process 0's on both."""
     batches = [np.random.default_rng(b).permutation(25)[:8].tolist() for b in range(3)]
     coordinator = f"127.0.0.1:{free_port()}"
     runs = [subprocess.Popen([sys.executable, "-c", STREAM_SCRIPT, coordinator, str(pid),
@@ -177,6 +179,7 @@ def test_each_of_2_processes_reads_only_its_rows_and_the_batch_is_whole():
         assert report["asked"] == [2 * batch[r] for batch in batches for r in report["rows"]]
         # Every process holds the whole global batch after the gather.
         assert report["whole"] == [[[2 * i for i in batch]] * 2 for batch in batches]
+        assert report["says"] == [True, False]
 
 
 def test_experts_on_8_devices_equal_1_device(toy_pipeline, tmp_path):

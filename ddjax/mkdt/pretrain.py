@@ -6,14 +6,16 @@ Seed ``s`` draws its initialisation, data order and views from ``fold_in(key(s),
 the rows of a results table differ only in their data. Features are the raw flattened trunk
 output; BatchNorm networks compute train features in train mode, as the reference's ``le_run``.
 The seed axis is split over the mesh's data axis when the seeds divide over it (replicated
-otherwise; docs/scaling.md). Given a checkpointer, pre-training saves after every epoch and
-resumes exactly from the latest one (the full-data row trains for hours on a CPU). See
+otherwise; docs/scaling.md). Given a checkpointer, pre-training saves after an epoch once a
+minute has passed since the last save, and resumes exactly from the latest one (the full-data
+row trains for hours on a CPU; a 1,000-image row's epoch can take less than a save). See
 docs/mkdt.md#evaluation.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from typing import Callable
 
 import jax
@@ -48,13 +50,15 @@ def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, orde
              *, lr: float, epochs: int, batch_size: int, momentum: float, weight_decay: float,
              objective: tuple | None = None, aug_keys: jax.Array | None = None,
              desc: str | None = None,
-             checkpoints: RunCheckpointer | None = None) -> tuple[dict, dict, np.ndarray]:
+             checkpoints: RunCheckpointer | None = None,
+             checkpoint_seconds: float = 60.0) -> tuple[dict, dict, np.ndarray]:
     """Train every seed's encoder ``epochs`` epochs on ``(images, targets)``; returns the
     parameters, model states and each seed's last-epoch mean loss ``[S]``. ``objective`` is a
     ``(loss_fn, augment)`` pair for ``make_student_epoch`` (MTT-SSL sets: Barlow Twins on two views,
     drawn from ``aug_keys [S]``); None is MKDT's MSE without augmentation. The arrays of
     ``params`` and ``state`` are donated to the training program: do not read them afterwards.
-    With ``checkpoints``, training continues from their latest epoch and saves after each one."""
+    With ``checkpoints``, training continues from their latest epoch and saves after an epoch
+    when ``checkpoint_seconds`` have passed since the last save (process 0's clock decides)."""
     optimizer = torch_sgd(lr, momentum, weight_decay)
     n = len(images)
     loss_fn, augment = objective or (mse_loss_fn(model.apply), None)
@@ -71,6 +75,7 @@ def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, orde
         params, opt_state, state = saved["params"], saved["opt"], saved.get("state", state)
         start, loss = meta["epoch"], np.asarray(meta["loss"], np.float64)
     bar = progress(total=epochs, initial=start, desc=desc or "pre-train")
+    saved_at = time.monotonic()
     for epoch in range(start, epochs):
         perms = epoch_permutations(order_keys, epoch, n)
         epoch_aug = order_keys if aug_keys is None else jax.vmap(
@@ -78,8 +83,9 @@ def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, orde
         params, state, opt_state, loss = epoch_fn(params, state, opt_state, images, targets, perms,
                                                   epoch_aug)
         loss = mesh.fetch(loss)  # waits for the epoch, so the progress bar's ETA is true
-        if checkpoints:
+        if checkpoints and mesh.primary_says(time.monotonic() - saved_at >= checkpoint_seconds):
             checkpoints.save(epoch + 1, run_state(), {"epoch": epoch + 1, "loss": loss.tolist()})
+            saved_at = time.monotonic()
         bar.update(1)
         bar.set_postfix(loss=f"{loss.mean():.4g}")
     bar.close()

@@ -78,10 +78,12 @@ def test_pretraining_resumes_from_its_last_epoch_checkpoint_exactly(model, data,
 
     want = run(3)
     with RunCheckpointer(tmp_path / "resume") as checkpoints:
-        run(1, checkpoints=checkpoints)  # stopped after its first epoch
+        run(1, checkpoints=checkpoints, checkpoint_seconds=0)  # stopped after its first epoch
         assert checkpoints.all_steps() == [1]
         # Other initial weights: only a run that takes the checkpoint's weights can match.
-        got = run(3, init_seeds=(7, 8), checkpoints=checkpoints)
+        got = run(3, init_seeds=(7, 8), checkpoints=checkpoints, checkpoint_seconds=0)
+        assert checkpoints.all_steps() == [2, 3]
+        run(5, checkpoints=checkpoints)  # epochs far shorter than a minute: no save
         assert checkpoints.all_steps() == [2, 3]
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
