@@ -66,6 +66,11 @@ class LoadedSplit:
         return self.labels[np.asarray(rows, np.int64)]
 
 
+def in_memory(images: np.ndarray) -> LoadedSplit:
+    """Images already in memory, read as a split's rows (their labels unused)."""
+    return LoadedSplit(images, np.zeros(len(images), np.int32))
+
+
 class _Failed:
     """An error of the reading thread, on its way to the consumer."""
 

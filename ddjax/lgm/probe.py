@@ -21,9 +21,9 @@ import optax
 from ddjax import mesh
 from ddjax.lgm.step import PROBE_STD, Probes
 from ddjax.lgm.augment import augment, center_view, sample_aug
-from ddjax.data.stream import LoadedSplit, SplitReader
+from ddjax.data.stream import LoadedSplit, SplitReader, in_memory
 from ddjax.runlog import progress
-from ddjax.ssl.encode import in_memory, map_rows
+from ddjax.ssl.encode import map_rows
 
 
 def probe_lr(lr_per_256: float, batch_size: int) -> float:

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from ddjax import mesh
-from ddjax.data.stream import BatchStream, LoadedSplit, SplitReader
+from ddjax.data.stream import BatchStream, LoadedSplit, SplitReader, in_memory
 from ddjax.data.transforms import normalize
 from ddjax.errors import DdjaxError
 from ddjax.models.batched import batch_indices, map_batches
@@ -57,11 +57,6 @@ def encode_rows(model, variables, reader: LoadedSplit | SplitReader, indices, me
     out = map_rows(lambda x: apply(variables, x), reader, indices, batch,
                    prepare=lambda local: normalize(local, mean, std), desc=desc)
     return np.asarray(out.reshape(len(indices), -1), np.float32)
-
-
-def in_memory(images: np.ndarray) -> LoadedSplit:
-    """Images already in memory, read as a split's rows (their labels unused)."""
-    return LoadedSplit(images, np.zeros(len(images), np.int32))
 
 
 def map_rows(fn: Callable[[jax.Array], jax.Array], reader: LoadedSplit | SplitReader, indices,
