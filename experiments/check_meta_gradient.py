@@ -23,7 +23,7 @@ from ddjax.config import load_config
 from ddjax.mkdt.distill_stage import init_indices
 from ddjax.mkdt.mtt import make_meta_loss, masked_mse
 from ddjax.mkdt.sampling import SyntheticBatches
-from ddjax.mkdt.student import load_representations, student_inputs, student_model
+from ddjax.mkdt.student import load_representations, student_model, student_rows
 
 
 def main() -> None:
@@ -34,15 +34,16 @@ def main() -> None:
     parser.add_argument("--h", type=float, default=1e-3, help="finite-difference step on the lr")
     args = parser.parse_args()
     config, workdir = load_config(args.config), Path(args.workdir).absolute()
-    images, labels, spec, _ = student_inputs(config, workdir)
-    targets = load_representations(config, workdir, spec, len(labels))
+    rows = student_rows(config, workdir)
+    targets = load_representations(config, workdir, rows.spec, len(rows))
     indices = init_indices(config, workdir)
+    (images, _), _ = rows.read(indices)
     store = TrajectoryStore.open(TRAJECTORIES.locate(workdir))
     expert = store.complete_experts()[0]
     start, target = store.load_epoch(expert, 0), store.load_epoch(expert, config.distill.expert_epochs)
     model = student_model(config, store.meta["num_outputs"], images.shape[1:3])
     lr = config.distill.lr_init
-    syn = {"images": jnp.asarray(images[indices]), "targets": jnp.asarray(targets[indices]),
+    syn = {"images": jnp.asarray(images), "targets": jnp.asarray(targets[indices]),
            "lr": jnp.asarray(lr, jnp.float32)}
     meta_loss = make_meta_loss(masked_mse(model.apply))
     value, grad = jax.jit(meta_loss), jax.jit(jax.grad(meta_loss))

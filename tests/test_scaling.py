@@ -182,8 +182,10 @@ def test_each_of_2_processes_reads_only_its_rows_and_the_batch_is_whole():
         assert report["says"] == [True, False]
 
 
-def test_experts_on_8_devices_equal_1_device(toy_pipeline, tmp_path):
-    """A group of 8 experts split over 8 devices, one per device; every trajectory written once."""
+def test_experts_on_2_processes_streamed_equal_1_device(toy_pipeline, tmp_path):
+    """A group of 8 experts split over 2 processes x 4 devices, one per device, each process
+    reading only its experts' minibatches from the source (``data.stream``); every trajectory
+    written once. The 1-device run loads the split."""
     from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
 
     toy, one, eight = toy_pipeline, tmp_path / "one", tmp_path / "eight"
@@ -193,7 +195,8 @@ def test_experts_on_8_devices_equal_1_device(toy_pipeline, tmp_path):
     code, _, err = toy.cli(["experts"], one, experts)
     assert code == 0, err
     config = str(REPO / "experiments" / "smoke.py")
-    run_layout(stage_args(["experts"], eight, [*toy.overrides, *experts], config), devices=8)
+    run_layout(stage_args(["experts"], eight, [*toy.overrides, *experts, "data.stream=True"], config),
+               devices=4, processes=2)
     a, b = (TrajectoryStore.open(TRAJECTORIES.locate(w)) for w in (one, eight))
     assert a.complete_experts() == b.complete_experts() == list(range(8))
     for e in range(8):
@@ -202,7 +205,7 @@ def test_experts_on_8_devices_equal_1_device(toy_pipeline, tmp_path):
                 assert relative_error(x, y) <= TOLERANCE
 
 
-EVAL = ["mkdt_eval.rows=('random',)", "mkdt_eval.downstream=('toy',)",
+EVAL = ["mkdt_eval.rows=('random', 'full')", "mkdt_eval.downstream=('toy',)",
         "mkdt_eval.label_fractions=(0.5,)", "mkdt_eval.seeds=(0, 1, 2, 3, 4, 5, 6, 7)",
         "mkdt_eval.epochs=1", "mkdt_eval.batch_size=12", "mkdt_eval.probe_steps=2",
         "mkdt_eval.feature_batch=8"]
@@ -210,7 +213,9 @@ EVAL = ["mkdt_eval.rows=('random',)", "mkdt_eval.downstream=('toy',)",
 
 def test_eval_on_8_devices_equals_1_device(toy_pipeline, tmp_path):
     """The seeds split over the devices (8 seeds, one per device): the encoders pre-trained by
-    KD on the random subset, their features' probes and the accuracies equal the 1-device run's."""
+    KD on the random subset and on the whole split, their features' probes and the accuracies
+    equal the 1-device run's. The 8-device run reads the data from the source (``data.stream``:
+    the whole split's minibatches step by step, each device its seed's)."""
     from ddjax.artifacts.results import MKDT_ENCODERS, MKDT_RESULT, read_result
 
     toy, one, eight = toy_pipeline, tmp_path / "one", tmp_path / "eight"
@@ -221,16 +226,18 @@ def test_eval_on_8_devices_equals_1_device(toy_pipeline, tmp_path):
     code, _, err = toy.cli(["eval", "mkdt"], one, EVAL)
     assert code == 0, err
     config = str(REPO / "experiments" / "smoke.py")
-    [(_, out8, _)] = run_layout(stage_args(["eval", "mkdt"], eight, [*toy.overrides, *EVAL], config),
+    [(_, out8, _)] = run_layout(stage_args(["eval", "mkdt"], eight,
+                                           [*toy.overrides, *EVAL, "data.stream=True"], config),
                                 devices=8)
     assert json.loads(out8.strip().splitlines()[-1])["mesh"]["devices"] == 8
-    a, _ = MKDT_ENCODERS.read(MKDT_ENCODERS.locate(one, row="random"))
-    b, _ = MKDT_ENCODERS.read(MKDT_ENCODERS.locate(eight, row="random"))
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-        assert relative_error(x, y) <= TOLERANCE, jax.tree_util.keystr(path)
-    ours, theirs = (read_result(MKDT_RESULT, MKDT_RESULT.locate(w, row="random", dataset="toy"))
-                    for w in (one, eight))
-    assert theirs["seeds"] == ours["seeds"] == list(range(8))
-    assert theirs["accuracy"] == ours["accuracy"]
-    for fraction, losses in ours["probe_loss"].items():
-        np.testing.assert_allclose(theirs["probe_loss"][fraction], losses, rtol=1e-4)
+    for row in ("random", "full"):
+        a, _ = MKDT_ENCODERS.read(MKDT_ENCODERS.locate(one, row=row))
+        b, _ = MKDT_ENCODERS.read(MKDT_ENCODERS.locate(eight, row=row))
+        for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+            assert relative_error(x, y) <= TOLERANCE, (row, jax.tree_util.keystr(path))
+        ours, theirs = (read_result(MKDT_RESULT, MKDT_RESULT.locate(w, row=row, dataset="toy"))
+                        for w in (one, eight))
+        assert theirs["seeds"] == ours["seeds"] == list(range(8))
+        assert theirs["accuracy"] == ours["accuracy"], row
+        for fraction, losses in ours["probe_loss"].items():
+            np.testing.assert_allclose(theirs["probe_loss"][fraction], losses, rtol=1e-4)

@@ -43,7 +43,9 @@ class TrajectoryStore:
     def create_or_open(cls, root: str | Path, meta: dict) -> "TrajectoryStore":
         """Open the store at ``root`` if its identity matches ``meta``, else create it."""
         root = Path(root)
-        if TRAJECTORIES.is_complete(root):
+        # Process 0's view decides: a peer that looked after process 0 created the store would
+        # skip the barrier below and meet process 0 at the next one.
+        if mesh.primary_says(TRAJECTORIES.is_complete(root)):
             store = cls.open(root)
             store.check_compatible(meta)
             return store

@@ -30,8 +30,8 @@ from ddjax.errors import DdjaxError
 from ddjax.mkdt import objectives, stability
 from ddjax.mkdt.mtt import make_meta_loss, make_outer_step, outer_optimizer
 from ddjax.mkdt.sampling import ExpertCycle, SyntheticBatches
-from ddjax.mkdt.student import (data_identity, load_representations, store_identity, student_inputs,
-                                student_model)
+from ddjax.mkdt.student import (data_identity, load_representations, store_identity, student_model,
+                                student_rows)
 from ddjax.models import has_batch_stats
 from ddjax.runlog import print_summary, progress, warn
 from ddjax.workdir import Stage, check_finite, due
@@ -208,23 +208,31 @@ def check_config(config) -> None:
 def run(stage: Stage) -> dict:
     cfg, d = stage.config, stage.config.distill
     objective = objectives.by_mode(d.mode)
-    images, labels, spec, zca = student_inputs(cfg, stage.workdir)
+    rows = student_rows(cfg, stage.workdir)  # only the initial set's rows are read
+    spec, zca = rows.spec, rows.zca
     indices = init_indices(cfg, stage.workdir)
+    if indices.ndim != 1 or len(indices) == 0 or indices.min() < 0 or indices.max() >= len(rows):
+        raise DdjaxError(f"distill.init {cfg.distill.init!r} gives {len(indices)} indices, not a "
+                         f"non-empty list of rows of the {len(rows)} train images; pick indices of "
+                         "this dataset and data.train_subset")
     store = TrajectoryStore.open(TRAJECTORIES.locate(stage.workdir))
     experts = _check_store(store, cfg, stage.workdir, objective, spec, zca)
     num_outputs, ssl = store.meta["num_outputs"], store.meta.get("ssl")
-    targets_all = objective.synthetic_targets(
-        labels, lambda: load_representations(cfg, stage.workdir, spec, len(labels)), num_outputs)
-    model = student_model(cfg, num_outputs, images.shape[1:3])
-    if has_batch_stats(model, images.shape[1:3]):
+    (start_images, _), labels = rows.read(indices)
+    start_targets = objective.synthetic_targets(
+        labels, lambda: load_representations(cfg, stage.workdir, spec, len(rows))[indices],
+        num_outputs)
+    image_size = start_images.shape[1:3]
+    model = student_model(cfg, num_outputs, image_size)
+    if has_batch_stats(model, image_size):
         raise DdjaxError("distillation needs a student without BatchNorm (padded synthetic batches)")
 
     # Layout (docs/scaling.md): the learnables are replicated; the experts matched per step are
     # split over the data axis when their count divides it, else each inner minibatch is.
     shard_experts = d.experts_per_step > 1 and mesh.splits(d.experts_per_step)
-    syn = {"images": images[indices], "lr": np.asarray(d.lr_init, np.float32)}
-    if targets_all is not None:
-        syn["targets"] = targets_all[indices]
+    syn = {"images": start_images, "lr": np.asarray(d.lr_init, np.float32)}
+    if start_targets is not None:
+        syn["targets"] = start_targets
     syn = mesh.replicate(syn)
     init_images = syn["images"]
     optimizer = outer_optimizer(d.lr_images, d.lr_targets if objective.learns_targets else 0.0,
@@ -262,7 +270,7 @@ def run(stage: Stage) -> dict:
             pixels = host["images"] if zca is None else zca_unwhiten(host["images"], zca)
             write_synset(SYNSET.locate(stage.workdir, iteration=k), host["images"],
                          denormalize(np.asarray(pixels), spec.mean, spec.std),
-                         host["targets"] if "targets" in host else labels[indices], host["lr"], {
+                         host["targets"] if "targets" in host else labels, host["lr"], {
                              "dataset": spec.name, "mean": list(spec.mean), "std": list(spec.std),
                              "zca": zca_digest(zca) if zca is not None else None, "iteration": k,
                              "mode": d.mode, "model": cfg.model.name, "model_kwargs": cfg.model.to_dict(),

@@ -26,7 +26,8 @@ from ddjax.artifacts.results import MKDT_ENCODERS, MKDT_RESULT, read_result, wri
 from ddjax.artifacts.selection import SELECTION, selection_indices
 from ddjax.artifacts.synset import SYNSET, find_synset, read_synset
 from ddjax.checkpoint import RunCheckpointer
-from ddjax.data.pipeline import dataset_spec, load_normalized, load_split
+from ddjax.data.pipeline import dataset_spec, open_rows
+from ddjax.data.registry import DatasetSpec
 from ddjax.data.sources import local_unavailable_reason
 from ddjax.data.subsets import label_fraction_indices, random_subset
 from ddjax.data.transforms import normalize
@@ -35,7 +36,9 @@ from ddjax.mkdt import objectives
 from ddjax.mkdt import tables as mkdt_tables
 from ddjax.mkdt.lbfgs_probe import fit_probes, on_probe_step, probe_accuracy
 from ddjax.mkdt.pretrain import features, init_encoders, pretrain, seed_keys
-from ddjax.mkdt.student import data_identity, load_representations, representations_dir, student_model
+from ddjax.data.stream import LoadedSplit, SplitReader
+from ddjax.mkdt.student import (StudentRows, data_identity, load_representations, representations_dir,
+                                student_model)
 from ddjax.models import build_model
 from ddjax.models.registry import REPRESENTATION_DIM
 from ddjax.smoke import scale_note
@@ -83,11 +86,11 @@ def check_config(config) -> None:
 
 @dataclasses.dataclass
 class PretrainSet:
-    """What one row pre-trains on: normalised images, regression targets, the SGD lr; sets
+    """What one row pre-trains on: normalised images with their regression targets (arrays in
+    memory, or the train split's rows read step by step with ``data.stream``), the SGD lr; sets
     without targets (MTT-SSL) carry their experts' SSL settings and head size instead."""
 
-    images: np.ndarray
-    targets: np.ndarray
+    data: tuple[np.ndarray, np.ndarray] | StudentRows
     lr: float
     source: str
     objective: objectives.Objective | None = None  # sets without targets: their experts' objective
@@ -95,8 +98,25 @@ class PretrainSet:
     ssl_outputs: int = 0
 
     @property
+    def num_images(self) -> int:
+        return len(self.data if isinstance(self.data, StudentRows) else self.data[0])
+
+    @property
     def num_outputs(self) -> int:
-        return self.ssl_outputs or self.targets.shape[1]
+        targets = self.data.targets if isinstance(self.data, StudentRows) else self.data[1]
+        return self.ssl_outputs or targets.shape[1]
+
+
+@dataclasses.dataclass
+class Downstream:
+    """A downstream dataset as the probes read it: its train and test splits' rows, the test
+    rows probed (``mkdt_eval.test_subset``) and their labels."""
+
+    train: LoadedSplit | SplitReader
+    test: LoadedSplit | SplitReader
+    test_rows: np.ndarray
+    test_labels: np.ndarray
+    spec: DatasetSpec
 
 
 class EvalInputs:
@@ -109,12 +129,14 @@ class EvalInputs:
         self._train = None
         self._downstream: dict[str, tuple] = {}
 
-    def train_data(self) -> tuple[np.ndarray, np.ndarray]:
-        """The normalised train split and the teacher's representations (the KD rows' targets)."""
+    def train_rows(self) -> StudentRows:
+        """The normalised train split's rows, each with the teacher's representation (the KD
+        rows' targets): loaded whole, or read from the source with ``data.stream``."""
         if self._train is None:
             cfg, workdir = self.stage.config, self.stage.workdir  # present: check_inputs
-            images, labels, spec = load_normalized(cfg.data, "train")
-            self._train = images, load_representations(cfg, workdir, spec, len(labels))
+            spec, reader = dataset_spec(cfg.data), open_rows(cfg.data, "train")
+            self._train = StudentRows(reader, spec).with_targets(
+                load_representations(cfg, workdir, spec, len(reader)))
         return self._train
 
     def _synset_dir(self, row: str) -> Path:
@@ -136,13 +158,13 @@ class EvalInputs:
     def pretrain_set(self, row: str) -> PretrainSet:
         cfg, ev = self.stage.config, self.ev
         if row in ("random", "high_loss"):
-            images, targets = self.train_data()
             idx, directory = selection_indices(self.stage.workdir, row, cfg.distill.percent,
                                                data_identity(cfg))
-            return PretrainSet(images[idx], targets[idx], ev.subset_lr, str(directory))
+            return PretrainSet(self.train_rows().read(idx)[0], ev.subset_lr, str(directory))
         if row == "full":
-            images, targets = self.train_data()
-            return PretrainSet(images, targets, ev.subset_lr, "train split")
+            rows = self.train_rows()  # streamed step by step, or held on the devices
+            data = rows if cfg.data.get("stream", False) else (rows.every_image(), rows.targets)
+            return PretrainSet(data, ev.subset_lr, "train split")
         directory = self._synset_dir(row)
         arrays, meta = read_synset(directory)
         objective = objectives.by_mode(meta["mode"])
@@ -153,22 +175,24 @@ class EvalInputs:
         SYNSET.check(meta, {"dataset": data_identity(cfg)["dataset"]}, directory)
         images = np.asarray(arrays["images"])
         if objective.targets == "none":
-            return PretrainSet(images, np.zeros((len(images), 0), np.float32), float(arrays["lr"]),
+            return PretrainSet((images, np.zeros((len(images), 0), np.float32)), float(arrays["lr"]),
                                str(directory), objective, meta["ssl"], meta["num_outputs"])
-        return PretrainSet(images, np.asarray(arrays["targets"]), float(arrays["lr"]), str(directory))
+        return PretrainSet((images, np.asarray(arrays["targets"])), float(arrays["lr"]), str(directory))
 
-    def downstream(self, name: str):
-        """``(train uint8, train labels, test uint8, test labels, spec)`` of a downstream set."""
+    def downstream(self, name: str) -> Downstream:
+        """A downstream set's splits (loaded whole, or read from the source with
+        ``data.stream``) and the test rows probed, with their labels."""
         if name not in self._downstream:
             data = self.stage.config.data
             section = ml_collections.ConfigDict({"name": name, "archive": data.archive,
-                                                 "data_dir": data.data_dir, "train_subset": 0})
-            train_x, train_y = load_split(section, "train")
-            test_x, test_y = load_split(section, "test")
-            if self.ev.test_subset and self.ev.test_subset < len(test_y):
-                keep = random_subset(len(test_y), self.ev.test_subset, seed=0)
-                test_x, test_y = test_x[keep], test_y[keep]
-            self._downstream[name] = train_x, train_y, test_x, test_y, dataset_spec(section)
+                                                 "data_dir": data.data_dir, "train_subset": 0,
+                                                 "stream": data.get("stream", False)})
+            train, test = open_rows(section, "train"), open_rows(section, "test")
+            test_rows = np.arange(len(test))
+            if self.ev.test_subset and self.ev.test_subset < len(test):
+                test_rows = random_subset(len(test), self.ev.test_subset, seed=0)
+            self._downstream[name] = Downstream(train, test, test_rows, test.read_labels(test_rows),
+                                                dataset_spec(section))
         return self._downstream[name]
 
     def readable_downstream(self) -> tuple[list[str], dict[str, str]]:
@@ -246,7 +270,7 @@ def _encoders(inputs: EvalInputs, row: str, model, image_size):
     # Epoch checkpoints of this row's pre-training, kept apart per set it pre-trains on.
     resume = inputs.stage.directory / "resume" / row / hashlib.sha256(data.source.encode()).hexdigest()[:12]
     with RunCheckpointer(resume) as checkpoints:
-        params, state, loss = pretrain(model, params, state, data.images, data.targets,
+        params, state, loss = pretrain(model, params, state, data.data,
                                        seed_keys(seeds, 1), lr=data.lr, epochs=ev.epochs,
                                        batch_size=ev.batch_size, momentum=ev.momentum,
                                        weight_decay=ev.weight_decay, objective=objective,
@@ -254,7 +278,7 @@ def _encoders(inputs: EvalInputs, row: str, model, image_size):
                                        checkpoints=checkpoints)
     if not np.isfinite(loss).all():
         raise DdjaxError(f"pre-training {row} diverged (final loss {loss.tolist()}) at lr {data.lr}")
-    record = {"source": data.source, "lr": data.lr, "num_images": int(len(data.images)),
+    record = {"source": data.source, "lr": data.lr, "num_images": data.num_images,
               "objective": data.objective.expert_loss if data.objective else "mse",
               "final_loss": loss.tolist(), "seconds": round(time.perf_counter() - started, 1)}
     MKDT_ENCODERS.write(directory, {"pretraining": record},
@@ -282,22 +306,23 @@ def evaluate(inputs: EvalInputs, row: str, dataset: str, model, encoders) -> dic
     in L-BFGS steps)."""
     ev, seeds = inputs.ev, list(inputs.ev.seeds)
     params, state, record = encoders
-    train_x, train_y, test_x, test_y, spec = inputs.downstream(dataset)
+    sets = inputs.downstream(dataset)
+    spec, test_y = sets.spec, sets.test_labels
     prepare = lambda u8: normalize(u8, spec.mean, spec.std)  # noqa: E731
     train_mode = bool(ev.bn_train_mode_features and state)
     fractions = list(ev.label_fractions)
-    picks = {f: np.stack([label_fraction_indices(len(train_y), f, s) for s in seeds])
+    picks = {f: np.stack([label_fraction_indices(len(sets.train), f, s) for s in seeds])
              for f in fractions}
     started, accuracy, probe_loss, test, inputs_of = time.perf_counter(), {}, {}, None, {}
     images = sum(p.size for p in picks.values()) + len(seeds) * len(test_y) * (
         len(fractions) if train_mode else 1)
     with progress(total=images, desc=f"features {row} on {dataset}") as bar:
         for fraction, idx in picks.items():
-            z_train, fed_state = features(model, params, state, train_x, idx,
+            z_train, fed_state = features(model, params, state, sets.train, idx,
                                           _counting(prepare, bar, idx.size),
                                           batch_size=ev.feature_batch, train_mode=train_mode)
             if test is None or train_mode:
-                test, _ = features(model, params, fed_state, test_x, np.arange(len(test_y)),
+                test, _ = features(model, params, fed_state, sets.test, sets.test_rows,
                                    _counting(prepare, bar, len(seeds) * len(test_y)),
                                    batch_size=ev.feature_batch)
             inputs_of[fraction] = z_train, test
@@ -311,7 +336,8 @@ def evaluate(inputs: EvalInputs, row: str, dataset: str, model, encoders) -> dic
 
             with on_probe_step(reached):
                 W, b, loss = mesh.fetch(fit_probes(  # the seeds split over the data axis
-                    *mesh.shard((z_train, train_y[picks[fraction]], seed_keys(seeds, 2))),
+                    *mesh.shard((z_train, sets.train.read_labels(picks[fraction].reshape(-1))
+                                 .reshape(picks[fraction].shape), seed_keys(seeds, 2))),
                     num_classes=spec.num_classes, steps=steps, max_iter=ev.probe_max_iter,
                     history=ev.probe_history, l2=ev.probe_l2))
             bar.update(max(0, (k + 1) * steps - bar.n))   # a fit that converged early

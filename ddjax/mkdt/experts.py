@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ddjax.models.batched import map_batches
 from ddjax.ssl.losses import BARLOW_TWINS_LAMBDA, barlow_twins_loss
 
 Params = Any
@@ -112,6 +111,25 @@ def epoch_permutations(keys_E: jax.Array, epoch: int, num_examples: int) -> jax.
     return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), num_examples))(keys_E)
 
 
+def _student_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                  augment: Augment | None):
+    """One SGD step of every network on its own minibatch (vmapped over the leading axis)."""
+
+    def one_step(params, model_state, opt_state, images, targets, key):
+        if augment is not None:
+            images = augment(key, images)
+        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, model_state, images, targets)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), model_state, opt_state, loss
+
+    return jax.vmap(one_step)
+
+
+def _step_keys(aug_keys_E: jax.Array, t) -> jax.Array:
+    return jax.vmap(lambda k: jax.random.fold_in(k, t))(aug_keys_E)
+
+
 def make_student_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
                        augment: Augment | None = None):
     """Build ``epoch(params_E, state_E, opt_E, images, targets, perm_EN, aug_keys_E)
@@ -126,16 +144,7 @@ def make_student_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     network's ``model_state`` (``{}`` without BatchNorm). ``loss_E`` is each expert's
     per-example mean loss over the epoch.
     """
-
-    def one_step(params, model_state, opt_state, images, targets, key):
-        if augment is not None:
-            images = augment(key, images)
-        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, model_state, images, targets)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), model_state, opt_state, loss
-
-    step_E = jax.vmap(one_step)
+    step_E = _student_step(loss_fn, optimizer, augment)
 
     def gather(data, idx_EB):
         return jax.vmap(lambda idx: data[idx])(idx_EB)
@@ -144,12 +153,11 @@ def make_student_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation,
         num_examples = perm_EN.shape[1]
         full = num_examples // batch_size
         body_idx = perm_EN[:, : full * batch_size].reshape(perm_EN.shape[0], full, batch_size)
-        step_keys = lambda t: jax.vmap(lambda k: jax.random.fold_in(k, t))(aug_keys_E)
 
         def body(carry, inputs):
             t, idx_EB = inputs
             *carry, loss = step_E(*carry, gather(images, idx_EB), gather(targets, idx_EB),
-                                  step_keys(t))
+                                  _step_keys(aug_keys_E, t))
             return tuple(carry), loss
 
         (params_E, state_E, opt_E), losses_TE = jax.lax.scan(
@@ -159,24 +167,22 @@ def make_student_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation,
         if rest:
             idx_EB = perm_EN[:, full * batch_size:]
             params_E, state_E, opt_E, last_E = step_E(params_E, state_E, opt_E, gather(images, idx_EB),
-                                                      gather(targets, idx_EB), step_keys(full))
+                                                      gather(targets, idx_EB),
+                                                      _step_keys(aug_keys_E, full))
             total_E = total_E + last_E * rest
         return params_E, state_E, opt_E, total_E / num_examples
 
     return jax.jit(epoch, donate_argnums=(0, 1, 2))
 
 
-def per_example_mse(apply_fn: Callable, batch_size: int = 1000):
-    """Build ``scores(params, images, targets) -> [N]``: each example's MSE (mean over output
-    dims), in batches of ``batch_size`` to bound memory (the last one padded: one compilation)."""
+def make_student_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                      augment: Augment | None = None):
+    """Build ``step(params_E, state_E, opt_E, images_EB, targets_EB, aug_keys_E, t)
+    -> (params_E, state_E, opt_E, loss_E)``: step ``t`` of :func:`make_student_epoch`'s epoch
+    with each network's minibatch given (``data.stream``: read on the host), the same update."""
+    step_E = _student_step(loss_fn, optimizer, augment)
 
-    @jax.jit
-    def chunk(params, x, y):
-        return jnp.mean((apply_fn({"params": params}, x) - y) ** 2, axis=-1)
+    def step(params_E, state_E, opt_E, images_EB, targets_EB, aug_keys_E, t):
+        return step_E(params_E, state_E, opt_E, images_EB, targets_EB, _step_keys(aug_keys_E, t))
 
-    def scores(params, images, targets):
-        n = images.shape[0]
-        return map_batches(lambda xy: chunk(params, *xy), n, min(batch_size, n),
-                           lambda idx: (images[idx], targets[idx]))
-
-    return scores
+    return jax.jit(step, donate_argnums=(0, 1, 2))

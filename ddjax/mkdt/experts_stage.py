@@ -17,9 +17,9 @@ from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
 from ddjax.checkpoint import RunCheckpointer
 from ddjax.errors import DdjaxError
 from ddjax.mkdt import objectives
-from ddjax.mkdt.experts import (epoch_permutations, expert_keys, kept_epochs, make_student_epoch,
-                                torch_sgd)
-from ddjax.mkdt.student import load_representations, store_identity, student_inputs, student_model
+from ddjax.mkdt.epochs import student_epochs
+from ddjax.mkdt.experts import epoch_permutations, expert_keys, kept_epochs, torch_sgd
+from ddjax.mkdt.student import load_representations, store_identity, student_model, student_rows
 from ddjax.models import has_batch_stats
 from ddjax.models.registry import dummy_input
 from ddjax.runlog import print_summary, progress
@@ -48,10 +48,11 @@ def run(stage: Stage) -> dict:
     cfg, exp = stage.config, stage.config.experts
     objective = objectives.by_expert_loss(exp.loss)
     ssl = objective.identity(exp)
-    images, labels, spec, zca = student_inputs(cfg, stage.workdir, fit_missing_zca=True)
+    rows = student_rows(cfg, stage.workdir, fit_missing_zca=True)
+    spec, zca, num_examples, image_size = rows.spec, rows.zca, len(rows), rows.image_size
     targets, num_outputs = objective.expert_targets(
-        labels, lambda: load_representations(cfg, stage.workdir, spec, len(labels)), exp)
-    image_size = images.shape[1:3]
+        num_examples, rows.labels, lambda: load_representations(cfg, stage.workdir, spec, num_examples),
+        exp)
     model = student_model(cfg, num_outputs, image_size)
     if has_batch_stats(model, image_size):
         raise DdjaxError(f"model {cfg.model.name!r} has BatchNorm; experts need a model without running "
@@ -71,10 +72,12 @@ def run(stage: Stage) -> dict:
     todo = [e for e in range(exp.num_experts) if e not in done]
     optimizer = torch_sgd(exp.lr, exp.momentum, exp.weight_decay)
     loss_fn, augment = objective.expert_objective(model.apply, exp, ssl)
-    epoch_fn = make_student_epoch(loss_fn, optimizer, exp.batch_size, augment)
-    # Layout (docs/scaling.md): the data replicated, a group's experts split over the data axis
-    # when the group divides it (else replicated: every device trains the whole group).
-    images_dev, targets_dev = mesh.replicate((images, targets))
+    # Layout (docs/scaling.md): a group's experts split over the data axis when the group divides
+    # it (else replicated: every device trains the whole group); the data replicated, or with
+    # data.stream each process reads its experts' minibatches step by step.
+    data = rows.with_targets(targets) if cfg.data.get("stream", False) else \
+        (rows.every_image(), targets)
+    epoch_fn = student_epochs(loss_fn, optimizer, exp.batch_size, augment, data)
     final_losses = {e: store.expert_summary(e)["final_loss"] for e in done}
     # One step per (group, epoch), unique in the stage: checkpoints and metrics share it.
     step_of = lambda group, epoch: group[0] * (exp.epochs + 1) + epoch  # noqa: E731
@@ -98,10 +101,10 @@ def run(stage: Stage) -> dict:
             bar.update(start)
             _save_epochs(store, group, 0, params)
             for epoch in range(start, exp.epochs):
-                perms = epoch_permutations(data_keys, epoch, images.shape[0])
+                perms = epoch_permutations(data_keys, epoch, num_examples)
                 epoch_aug_keys = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(aug_keys)
-                params, _, opt_state, loss_E = epoch_fn(params, {}, opt_state, images_dev, targets_dev,
-                                                        *mesh.shard((perms, epoch_aug_keys)))
+                params, _, opt_state, loss_E = epoch_fn((params, {}, opt_state), perms,
+                                                        epoch_aug_keys)
                 loss_E = mesh.fetch(loss_E)
                 check_finite(float(np.max(np.abs(loss_E))), f"the loss of experts {group} at epoch "
                              f"{epoch + 1}", "lower experts.lr")

@@ -84,17 +84,19 @@ class Objective:
         """``(inner_loss, augment)`` of the distillation unroll."""
         return self.inner_fn(apply_fn, ssl), self.augment(section, ssl)
 
-    def expert_targets(self, labels: np.ndarray, representations: Callable[[], np.ndarray],
-                       experts) -> tuple[np.ndarray, int]:
+    def expert_targets(self, num_examples: int, labels: Callable[[], np.ndarray],
+                       representations: Callable[[], np.ndarray], experts) -> tuple[np.ndarray, int]:
         """What the experts regress and their output size. Objectives without targets get a
         zero-width ``[N, 0]`` placeholder (the epoch function's signature) and
-        ``experts.ssl_output_dim`` outputs; ``representations`` is called only when needed."""
+        ``experts.ssl_output_dim`` outputs; ``labels`` and ``representations`` are called only
+        when needed (reading every label of a streamed split is a pass over it)."""
         if self.targets == "representations":
             reps = representations()
             return reps, reps.shape[1]
         if self.targets == "labels":
-            return labels, int(labels.max()) + 1
-        return np.zeros((labels.shape[0], 0), np.float32), int(experts.ssl_output_dim)
+            values = labels()
+            return values, int(values.max()) + 1
+        return np.zeros((num_examples, 0), np.float32), int(experts.ssl_output_dim)
 
     def synthetic_targets(self, labels: np.ndarray, representations: Callable[[], np.ndarray],
                           num_outputs: int) -> np.ndarray | None:

@@ -24,7 +24,10 @@ import numpy as np
 
 from ddjax import mesh
 from ddjax.checkpoint import RunCheckpointer
-from ddjax.mkdt.experts import epoch_permutations, make_student_epoch, mse_loss_fn, torch_sgd
+from ddjax.data.stream import LoadedSplit, SplitReader
+from ddjax.mkdt.epochs import student_epochs
+from ddjax.mkdt.experts import epoch_permutations, mse_loss_fn, torch_sgd
+from ddjax.mkdt.student import StudentRows
 from ddjax.models.batched import map_batches
 from ddjax.models.registry import dummy_input
 from ddjax.runlog import progress
@@ -46,13 +49,15 @@ def init_encoders(model, keys: jax.Array, image_size) -> tuple[dict, dict]:
     return mesh.shard((variables["params"], state))
 
 
-def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, order_keys: jax.Array,
+def pretrain(model, params, state, data: tuple[np.ndarray, np.ndarray] | StudentRows,
+             order_keys: jax.Array,
              *, lr: float, epochs: int, batch_size: int, momentum: float, weight_decay: float,
              objective: tuple | None = None, aug_keys: jax.Array | None = None,
              desc: str | None = None,
              checkpoints: RunCheckpointer | None = None,
              checkpoint_seconds: float = 60.0) -> tuple[dict, dict, np.ndarray]:
-    """Train every seed's encoder ``epochs`` epochs on ``(images, targets)``; returns the
+    """Train every seed's encoder ``epochs`` epochs on ``data``, ``(images, targets)`` in memory
+    or rows read step by step (``data.stream``: :func:`ddjax.mkdt.epochs.student_epochs`); returns the
     parameters, model states and each seed's last-epoch mean loss ``[S]``. ``objective`` is a
     ``(loss_fn, augment)`` pair for ``make_student_epoch`` (MTT-SSL sets: Barlow Twins on two views,
     drawn from ``aug_keys [S]``); None is MKDT's MSE without augmentation. The arrays of
@@ -60,13 +65,11 @@ def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, orde
     With ``checkpoints``, training continues from their latest epoch and saves after an epoch
     when ``checkpoint_seconds`` have passed since the last save (process 0's clock decides)."""
     optimizer = torch_sgd(lr, momentum, weight_decay)
-    n = len(images)
+    n = len(data if isinstance(data, StudentRows) else data[0])
     loss_fn, augment = objective or (mse_loss_fn(model.apply), None)
-    epoch_fn = make_student_epoch(loss_fn, optimizer, min(batch_size, n), augment)
+    epoch_fn = student_epochs(loss_fn, optimizer, min(batch_size, n), augment, data)
     params, state, order_keys = mesh.shard((params, state, order_keys))
-    aug_keys = None if aug_keys is None else mesh.shard(aug_keys)
     opt_state = jax.vmap(optimizer.init)(params)
-    images, targets = mesh.replicate((np.asarray(images, np.float32), np.asarray(targets, np.float32)))
     loss, start = np.full(order_keys.shape[0], np.nan), 0
     run_state = lambda: {"params": params, "opt": opt_state, **({"state": state} if state else {})}  # noqa: E731
     restored = checkpoints.restore_latest(run_state()) if checkpoints else None
@@ -80,8 +83,7 @@ def pretrain(model, params, state, images: np.ndarray, targets: np.ndarray, orde
         perms = epoch_permutations(order_keys, epoch, n)
         epoch_aug = order_keys if aug_keys is None else jax.vmap(
             lambda k: jax.random.fold_in(k, epoch))(aug_keys)
-        params, state, opt_state, loss = epoch_fn(params, state, opt_state, images, targets, perms,
-                                                  epoch_aug)
+        params, state, opt_state, loss = epoch_fn((params, state, opt_state), perms, epoch_aug)
         loss = mesh.fetch(loss)  # waits for the epoch, so the progress bar's ETA is true
         if checkpoints and mesh.primary_says(time.monotonic() - saved_at >= checkpoint_seconds):
             checkpoints.save(epoch + 1, run_state(), {"epoch": epoch + 1, "loss": loss.tolist()})
@@ -111,11 +113,11 @@ def _feature_fn(model, train: bool) -> Callable:
     return jax.jit(every_seed)
 
 
-def features(model, params, state, images: np.ndarray, indices: np.ndarray, prepare: Prepare, *,
-             batch_size: int, train_mode: bool = False) -> tuple[np.ndarray, dict]:
-    """Features ``[S, n, D]`` of ``images[indices[s]]`` under seed ``s``'s encoder (``indices``
-    is ``[S, n]``, or ``[n]`` for every seed); ``prepare`` turns stored images into network
-    inputs. Eval mode pads the last batch (one compiled shape); ``train_mode`` (BatchNorm
+def features(model, params, state, reader: LoadedSplit | SplitReader, indices: np.ndarray,
+             prepare: Prepare, *, batch_size: int, train_mode: bool = False) -> tuple[np.ndarray, dict]:
+    """Features ``[S, n, D]`` of rows ``indices[s]`` of ``reader`` (a split loaded whole, or read
+    from the source with ``data.stream``) under seed ``s``'s encoder (``indices`` is ``[S, n]``,
+    or ``[n]`` for every seed); ``prepare`` turns stored images into network inputs. Eval mode pads the last batch (one compiled shape); ``train_mode`` (BatchNorm
     networks) runs exact consecutive batches and returns the updated states."""
     seeds = jax.tree.leaves(params)[0].shape[0]
     indices = np.broadcast_to(np.asarray(indices), (seeds, np.shape(indices)[-1]))
@@ -123,9 +125,8 @@ def features(model, params, state, images: np.ndarray, indices: np.ndarray, prep
     fn = _feature_fn(model, train)
 
     def take(idx):
-        picks = indices[:, idx]
-        x = prepare(images[picks.reshape(-1)]).reshape(seeds, len(idx), *images.shape[1:3], -1)
-        return np.asarray(x, np.float32)
+        x = prepare(reader.read(indices[:, idx].reshape(-1))[0])
+        return np.asarray(x, np.float32).reshape(seeds, len(idx), *x.shape[1:])
 
     params, state = mesh.shard((params, state))
 

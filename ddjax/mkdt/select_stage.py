@@ -8,17 +8,21 @@ See docs/mkdt.md#high-loss-selection.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from ddjax import mesh
 from ddjax.artifacts.selection import SELECTION, write_selection
 from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
-from ddjax.data.pipeline import dataset_spec, load_split
+from ddjax.data.pipeline import dataset_spec, open_rows
 from ddjax.data.subsets import random_subset
 from ddjax.errors import DdjaxError
 from ddjax.mkdt import objectives
-from ddjax.mkdt.experts import per_example_mse
-from ddjax.mkdt.student import load_representations, store_identity, student_inputs, student_model
-from ddjax.runlog import print_summary, progress
+from ddjax.mkdt.student import (StudentRows, load_representations, store_identity, student_model,
+                                student_rows)
+from ddjax.runlog import print_summary
+from ddjax.ssl.encode import map_rows
 from ddjax.workdir import Stage
 
 # The two commands share the directory; each records what it reads (config.<word>.json).
@@ -34,6 +38,24 @@ def subset_size(num_examples: int, percent: float) -> int:
         raise DdjaxError(f"select.percents entry {percent} gives {size} of {num_examples} examples; "
                          "use a percentage in (0, 100]")
     return size
+
+
+def mean_expert_scores(apply_fn, params_E, rows: StudentRows, batch_size: int = 1000) -> np.ndarray:
+    """Every row's KD loss (MSE to its target, mean over output dims) under each expert of
+    ``params_E`` (stacked), averaged over the experts, in float64. One pass over the rows in
+    batches of ``batch_size`` (each process reads only its rows of a batch, the batch split over
+    the data axis); the experts one after another on each batch, so memory is one expert's."""
+
+    def batch_scores(params_E, batch):
+        images, targets = batch
+        mse = lambda p: jnp.mean((apply_fn({"params": p}, images) - targets) ** 2, axis=-1)  # noqa: E731
+        return jax.lax.map(mse, params_E).T  # [B, E]
+
+    scores_fn = jax.jit(batch_scores, out_shardings=mesh.replicated())
+    params_E, n = mesh.replicate(params_E), len(rows)
+    per_expert = map_rows(lambda batch: scores_fn(params_E, batch), rows, np.arange(n),
+                          mesh.divisible_batch(min(batch_size, n)), desc="scoring")
+    return per_expert.astype(np.float64).mean(axis=1)
 
 
 def high_loss_order(scores: np.ndarray) -> np.ndarray:
@@ -55,21 +77,18 @@ def run_high_loss(stage: Stage) -> dict:
     experts = store.complete_experts()
     if not experts:
         raise DdjaxError(f"no complete expert in {store.root}; run `ddjax experts` first")
-    images, labels, spec, zca = student_inputs(cfg, stage.workdir)
-    store.check_compatible(store_identity(cfg, stage.workdir, spec, zca, "mse"))
-    targets = load_representations(cfg, stage.workdir, spec, len(labels))
-    model = student_model(cfg, targets.shape[1], images.shape[1:3])
-    scores_fn = per_example_mse(model.apply)
-    total = np.zeros(images.shape[0], np.float64)
-    for e in progress(experts, desc="scoring"):
-        params = store.load_epoch(e, cfg.select.epoch)
-        total += np.asarray(scores_fn(params, images, targets), np.float64)
-    scores = total / len(experts)
+    rows = student_rows(cfg, stage.workdir)
+    store.check_compatible(store_identity(cfg, stage.workdir, rows.spec, rows.zca, "mse"))
+    targets = load_representations(cfg, stage.workdir, rows.spec, len(rows))
+    model = student_model(cfg, targets.shape[1], rows.image_size)
+    params_E = jax.tree.map(lambda *leaves: np.stack(leaves),
+                            *(store.load_epoch(e, cfg.select.epoch) for e in experts))
+    scores = mean_expert_scores(model.apply, params_E, rows.with_targets(targets))
     order = high_loss_order(scores)
     artifacts = {}
     for percent in cfg.select.percents:
         directory = SELECTION.locate(stage.workdir, method="high_loss", percent=percent)
-        meta = dict(_identity(cfg, "high_loss", percent, spec.name), epoch=cfg.select.epoch,
+        meta = dict(_identity(cfg, "high_loss", percent, rows.spec.name), epoch=cfg.select.epoch,
                     experts=experts)
         write_selection(directory, order[:subset_size(len(order), percent)], meta, scores=scores)
         artifacts[directory.name] = directory
@@ -79,12 +98,12 @@ def run_high_loss(stage: Stage) -> dict:
 
 def run_random(stage: Stage) -> dict:
     cfg = stage.config
-    _, labels = load_split(cfg.data, "train")
+    num_examples = len(open_rows(cfg.data, "train"))
     dataset = dataset_spec(cfg.data).name
     artifacts = {}
     for percent in cfg.select.percents:
         directory = SELECTION.locate(stage.workdir, method="random", percent=percent)
-        indices = random_subset(len(labels), subset_size(len(labels), percent), cfg.seed)
+        indices = random_subset(num_examples, subset_size(num_examples, percent), cfg.seed)
         write_selection(directory, indices, dict(_identity(cfg, "random", percent, dataset),
                                                  seed=cfg.seed))
         artifacts[directory.name] = directory

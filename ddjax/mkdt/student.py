@@ -1,4 +1,5 @@
-"""What students train on: the normalised (optionally ZCA-whitened) train split, the teacher's
+"""What students train on: the normalised (optionally ZCA-whitened) train split, read by rows
+(:class:`StudentRows`: loaded whole, or with ``data.stream`` from the source), the teacher's
 representations and the student network, shared by the experts, select, distill and eval stages
 so that every stage sees exactly the same inputs. See docs/mkdt.md#experts.
 """
@@ -6,13 +7,15 @@ so that every stage sees exactly the same inputs. See docs/mkdt.md#experts.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ddjax.artifacts.representations import REPRESENTATIONS, read_representations
 from ddjax.artifacts.zca import ZCA, read_zca, write_zca
-from ddjax.data.pipeline import dataset_spec, load_normalized
-from ddjax.data.transforms import fit_zca, zca_digest, zca_whiten
+from ddjax.data.pipeline import dataset_spec, load_normalized, open_rows
+from ddjax.data.stream import LoadedSplit, SplitReader
+from ddjax.data.transforms import fit_zca, normalize, zca_digest, zca_whiten
 from ddjax.errors import DdjaxError
 from ddjax.models import build_model
 
@@ -70,29 +73,83 @@ def dimension_rms(reps: np.ndarray) -> np.ndarray:
     return np.where(rms > 0, rms, 1.0).astype(reps.dtype)
 
 
-def student_inputs(config, workdir: str | Path, *, fit_missing_zca: bool = False):
-    """``(images, labels, spec, zca)``: the train split normalised with the dataset's constants,
-    whitened when ``experts.zca`` is on (classic MTT; MKDT uses none). The ZCA transform is
-    fitted once, by the experts stage (``fit_missing_zca``), and read by every later stage."""
-    images, labels, spec = load_normalized(config.data, SPLIT)
+def _zca(config, workdir: str | Path, spec, fit_missing: bool, images: Callable[[], np.ndarray]):
+    """The ZCA transform of ``experts.zca``: read, or fitted on ``images()`` by the experts stage
+    (``fit_missing``) and written; None when ZCA is off."""
     if not config.experts.zca:
-        return images, labels, spec, None
+        return None
     directory = ZCA.locate(workdir)
     identity = {"dataset": spec.name, "train_subset": int(config.data.get("train_subset", 0))}
-    if fit_missing_zca:
+    if fit_missing:
         identity["eps"] = float(config.experts.zca_eps)
     if ZCA.is_complete(directory):
         zca, meta = read_zca(directory)
         ZCA.check(meta, identity, directory)
-    elif fit_missing_zca:
-        zca = fit_zca(images, eps=config.experts.zca_eps)
-        write_zca(directory, zca, identity)
-    else:
+        return zca
+    if not fit_missing:
         raise DdjaxError(f"experts.zca is on but there is no ZCA transform at {directory}; run "
                          "`ddjax experts` with the same --config and --workdir first")
-    whitened = np.concatenate([np.asarray(zca_whiten(images[i:i + 5000], zca))
-                               for i in range(0, len(images), 5000)])
-    return whitened.astype(np.float32), labels, spec, zca
+    zca = fit_zca(images(), eps=config.experts.zca_eps)
+    write_zca(directory, zca, identity)
+    return zca
+
+
+def _whiten(images: np.ndarray, zca) -> np.ndarray:
+    return np.concatenate([np.asarray(zca_whiten(images[i:i + 5000], zca))
+                           for i in range(0, len(images), 5000)]).astype(np.float32)
+
+
+class StudentRows:
+    """The train split as students see it, read by rows: images normalised with the dataset's
+    constants and whitened when ZCA is on (classic MTT; MKDT uses none), each with its target
+    when given. Over the split loaded whole, or read from the source (``data.stream``).
+    ``read(rows)`` takes any shape of row indices, e.g. ``[E, B]`` (each expert's minibatch),
+    and returns ``((images float32, targets), labels)`` of that shape."""
+
+    def __init__(self, reader: LoadedSplit | SplitReader, spec, zca=None, targets=None):
+        self.reader, self.spec, self.zca, self.targets = reader, spec, zca, targets
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def prepare(self, images_u8: np.ndarray) -> np.ndarray:
+        """Stored uint8 images as the students' inputs: normalised, whitened when ZCA is on."""
+        x = np.asarray(normalize(images_u8, self.spec.mean, self.spec.std), np.float32)
+        return x if self.zca is None else _whiten(x, self.zca)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.reader.read(np.zeros(1, np.int64))[0].shape[1:3])
+
+    def labels(self) -> np.ndarray:
+        """Every row's label (int32); a pass over the split when it is streamed."""
+        return self.reader.read_labels(np.arange(len(self)))
+
+    def every_image(self) -> np.ndarray:
+        """Every row's image, prepared: the split in memory (``[N, H, W, C]`` float32)."""
+        return self.read(np.arange(len(self)))[0][0]
+
+    def with_targets(self, targets: np.ndarray | None) -> "StudentRows":
+        """The same rows, each read with its row of ``targets`` (``[N, ...]``, held in memory)."""
+        return StudentRows(self.reader, self.spec, self.zca, targets)
+
+    def read(self, rows) -> tuple[tuple[np.ndarray, np.ndarray | None], np.ndarray]:
+        rows = np.asarray(rows, np.int64)
+        images, labels = self.reader.read(rows.reshape(-1))
+        images = self.prepare(images).reshape(rows.shape + images.shape[1:])
+        targets = None if self.targets is None else \
+            self.targets[rows.reshape(-1)].reshape(rows.shape + self.targets.shape[1:])
+        return (images, targets), labels.reshape(rows.shape)
+
+
+def student_rows(config, workdir: str | Path, *, fit_missing_zca: bool = False) -> "StudentRows":
+    """The train split as :class:`StudentRows`: read from the source with ``data.stream``, else
+    from the split loaded whole. A missing ZCA transform is fitted on the split loaded whole (ZCA
+    is for classic MTT at CIFAR scale; its ``[D, D]`` matrices do not exist at ImageNet scale)."""
+    spec = dataset_spec(config.data)
+    zca = _zca(config, workdir, spec, fit_missing_zca,
+               lambda: load_normalized(config.data, SPLIT)[0])
+    return StudentRows(open_rows(config.data, SPLIT), spec, zca)
 
 
 def student_model(config, num_outputs: int, image_size):

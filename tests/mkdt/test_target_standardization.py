@@ -51,5 +51,5 @@ def test_eval_pre_trains_the_kd_rows_on_the_standardized_targets(toy_pipeline, t
     for option, expected in ((False, reps), (True, reps / dimension_rms(reps))):
         config = load_config(smoke, [*toy.overrides, f"experts.standardize_targets={option}"])
         stage = Stage("mkdt_eval", read_fields(config, eval_stage.READS), workdir)
-        _, targets = eval_stage.EvalInputs(stage).train_data()
+        targets = eval_stage.EvalInputs(stage).train_rows().targets
         np.testing.assert_allclose(targets, expected, rtol=1e-6)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ddjax.checkpoint import RunCheckpointer
+from ddjax.data.stream import in_memory
 from ddjax.mkdt.pretrain import features, init_encoders, pretrain, seed_keys
 from ddjax.mkdt.experts import epoch_permutations
 from ddjax.models import build_model
@@ -57,7 +58,7 @@ def test_pretraining_equals_a_hand_written_sgd_loop(model, data):
     order = seed_keys(seeds, 1)
     one = lambda tree: jax.tree.map(lambda x: np.asarray(x[1]), tree)  # noqa: E731
     start_p, start_s = one(params), one(state)
-    got_p, got_s, loss = pretrain(model, params, state, images, targets, order, lr=0.05, epochs=2,
+    got_p, got_s, loss = pretrain(model, params, state, (images, targets), order, lr=0.05, epochs=2,
                                   batch_size=BATCH, **SGD)
     perms = [epoch_permutations(order, e, N)[1] for e in range(2)]
     want_p, want_s = _hand_written_epochs(model, start_p, start_s, images, targets, perms, 0.05)
@@ -73,7 +74,7 @@ def test_pretraining_resumes_from_its_last_epoch_checkpoint_exactly(model, data,
 
     def run(epochs, init_seeds=(3, 5), **kwargs):
         params, state = init_encoders(model, seed_keys(list(init_seeds), 0), HW)
-        return pretrain(model, params, state, images, targets, order, lr=0.05, epochs=epochs,
+        return pretrain(model, params, state, (images, targets), order, lr=0.05, epochs=epochs,
                         batch_size=BATCH, **SGD, **kwargs)
 
     want = run(3)
@@ -93,7 +94,7 @@ def test_lr_zero_leaves_the_weights_unchanged(model, data):
     images, targets = data
     params, state = init_encoders(model, seed_keys([0, 1], 0), HW)
     before = jax.tree.map(np.asarray, params)
-    after, _, _ = pretrain(model, params, state, images, targets, seed_keys([0, 1], 1), lr=0.0,
+    after, _, _ = pretrain(model, params, state, (images, targets), seed_keys([0, 1], 1), lr=0.0,
                            epochs=2, batch_size=BATCH, **SGD)
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
         np.testing.assert_array_equal(a, np.asarray(b))
@@ -103,7 +104,7 @@ def test_eval_features_are_each_seeds_own_forward_pass(model, data):
     images, _ = data
     params, state = init_encoders(model, seed_keys([0, 1], 0), HW)
     idx = np.stack([np.arange(13), np.arange(13)[::-1] + 5])  # 13 rows: a padded last batch
-    got, _ = features(model, params, state, images, idx, lambda x: x * 2.0, batch_size=BATCH)
+    got, _ = features(model, params, state, in_memory(images), idx, lambda x: x * 2.0, batch_size=BATCH)
     for s in range(2):
         variables = {"params": jax.tree.map(lambda x: x[s], params),
                      **jax.tree.map(lambda x: x[s], state)}
@@ -117,7 +118,7 @@ def test_train_mode_features_run_consecutive_batches_and_update_running_stats(da
     images, _ = data
     params, state = init_encoders(model, seed_keys([2], 0), HW)
     idx = np.arange(N)[None]
-    got, new_state = features(model, params, state, images, idx, lambda x: x, batch_size=BATCH,
+    got, new_state = features(model, params, state, in_memory(images), idx, lambda x: x, batch_size=BATCH,
                               train_mode=True)
     p, s = jax.tree.map(lambda x: x[0], (params, state))
     forward = jax.jit(lambda p, s, x: model.apply({"params": p, **s}, x, train=True,

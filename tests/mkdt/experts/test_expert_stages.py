@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import ddjax.mkdt.experts_stage as expert_stage
+import ddjax.mkdt.epochs as expert_epochs
 from ddjax.artifacts.base import ARRAYS, MARKER
 from ddjax.artifacts.representations import REPRESENTATIONS, read_representations
 from ddjax.artifacts.selection import SELECTION, read_selection, write_selection
@@ -44,7 +44,7 @@ def test_resumed_experts_equal_an_uninterrupted_run(toy_pipeline, tmp_path, monk
     assert code == 0, err
     assert toy.summary(out)["experts"] == 3
 
-    real = expert_stage.make_student_epoch
+    real = expert_epochs.make_student_epoch
 
     def failing_factory(*args, **kwargs):
         epoch_fn, calls = real(*args, **kwargs), []
@@ -57,10 +57,10 @@ def test_resumed_experts_equal_an_uninterrupted_run(toy_pipeline, tmp_path, monk
 
         return wrapped
 
-    monkeypatch.setattr(expert_stage, "make_student_epoch", failing_factory)
+    monkeypatch.setattr(expert_epochs, "make_student_epoch", failing_factory)
     with pytest.raises(KeyboardInterrupt):
         toy.cli(["experts"], resumed)
-    monkeypatch.setattr(expert_stage, "make_student_epoch", real)
+    monkeypatch.setattr(expert_epochs, "make_student_epoch", real)
     code, out, err = toy.cli(["experts"], resumed)
     assert code == 0, err
 
