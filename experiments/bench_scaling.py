@@ -16,11 +16,16 @@ after the run, blocking on each call).
     python experiments/bench_scaling.py --host-overhead runs/smoke
     python experiments/bench_scaling.py --host-overhead runs/smoke --method lgm --iterations 200
 
-``--teacher-stream``: ``ddjax teacher`` (the config's, ``--epochs`` long) with the train split in
-memory and with ``data.stream=True`` (each batch read from the data source, a batch ahead): the
-wall time of each epoch after the first (compilation excluded) and the ratio.
+``--stream teacher|experts``: the stage (the config's, ``--epochs`` long) with the train split in
+memory and with ``data.stream=True`` (each batch read from the data source, a step or two
+ahead; the experts: one program per step instead of one per epoch): the median wall time of the
+epochs after the first (compilation excluded) and the ratio. The experts need representations
+of the train split (``--set experts.representations=DIR``).
 
-    python experiments/bench_scaling.py --teacher-stream --set data.train_subset=10000
+    python experiments/bench_scaling.py --stream teacher --set data.train_subset=10000
+    python experiments/bench_scaling.py --stream experts --config experiments/cpu_cifar10.py:repro \
+        --set experts.representations=runs/cpu_repro/represent/representations \
+        --set experts.num_experts=1 --set experts.experts_per_program=1
 """
 
 from __future__ import annotations
@@ -221,23 +226,33 @@ def host_overhead(args) -> None:
                       "host_overhead_ms": round((per_iteration - alone) * 1e3, 2)}))
 
 
-def teacher_stream(args) -> None:
-    """Epoch time of the teacher with the split in memory and streamed from its source."""
+# The stage's settings for --stream, and the seconds of each epoch after the first from its
+# metrics records.
+STREAMED = {
+    "teacher": ([lambda e: f"teacher.epochs={e}", lambda e: "teacher.knn_every=0"],
+                lambda records: [r["train_seconds"] for r in records if "train_seconds" in r][1:]),
+    "experts": ([lambda e: f"experts.epochs={e}"],  # from epoch 1's end: compilation excluded
+                lambda records: np.diff([r["time"] for r in records]).tolist()),
+}
+
+
+def stream_cost(args) -> None:
+    """Epoch time of a stage with the split in memory and streamed from its source."""
     from ddjax.cli import main as cli
 
+    settings, epoch_seconds = STREAMED[args.stream]
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
         for stream in (False, True):
             work = Path(tmp) / f"stream_{stream}"
-            argv = ["teacher", "--config", args.config, "--workdir", str(work)]
-            for item in [f"teacher.epochs={args.epochs}", "teacher.knn_every=0",
-                         f"data.stream={stream}"] + args.set:
+            argv = [args.stream, "--config", args.config, "--workdir", str(work)]
+            for item in [*(f(args.epochs) for f in settings), f"data.stream={stream}", *args.set]:
                 argv += ["--set", item]
             if cli(argv) != 0:
-                raise SystemExit("the teacher run failed")
+                raise SystemExit(f"the {args.stream} run failed")
             records = [json.loads(line) for line in
-                       (work / "teacher" / "metrics.jsonl").read_text().splitlines()]
-            seconds[stream] = [r["train_seconds"] for r in records if "train_seconds" in r][1:]
+                       (work / args.stream / "metrics.jsonl").read_text().splitlines()]
+            seconds[stream] = epoch_seconds(records)
     memory, streamed = (float(np.median(seconds[s])) for s in (False, True))
     print(json.dumps({"epochs_timed": len(seconds[False]), "memory_epoch_s": round(memory, 2),
                       "streamed_epoch_s": round(streamed, 2),
@@ -262,9 +277,9 @@ def main() -> None:
     parser.add_argument("--method", choices=sorted(OVERHEAD), default="mkdt")
     parser.add_argument("--config", default=None, help="default: experiments/smoke.py (:lgm)")
     parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--teacher-stream", action="store_true",
-                        help="teacher epoch time, split in memory against data.stream")
-    parser.add_argument("--epochs", type=int, default=3, help="--teacher-stream's epochs")
+    parser.add_argument("--stream", choices=sorted(STREAMED),
+                        help="the stage's epoch time, split in memory against data.stream")
+    parser.add_argument("--epochs", type=int, default=3, help="--stream's epochs")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     args = parser.parse_args()
     if args.config is None:
@@ -275,10 +290,10 @@ def main() -> None:
         host_overhead(args)
     elif args.steps:
         sweep_steps(args)
-    elif args.teacher_stream:
-        teacher_stream(args)
+    elif args.stream:
+        stream_cost(args)
     else:
-        parser.error("give --steps, --host-overhead W or --teacher-stream")
+        parser.error("give --steps, --host-overhead W or --stream STAGE")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from ddjax.checkpoint import RunCheckpointer
 from ddjax.data.pipeline import dataset_spec, open_rows
 from ddjax.data.registry import DatasetSpec
 from ddjax.data.sources import local_unavailable_reason
+from ddjax.data.stream import LoadedSplit, SplitReader
 from ddjax.data.subsets import label_fraction_indices, random_subset
 from ddjax.data.transforms import normalize
 from ddjax.errors import DdjaxError
@@ -36,7 +37,6 @@ from ddjax.mkdt import objectives
 from ddjax.mkdt import tables as mkdt_tables
 from ddjax.mkdt.lbfgs_probe import fit_probes, on_probe_step, probe_accuracy
 from ddjax.mkdt.pretrain import features, init_encoders, pretrain, seed_keys
-from ddjax.data.stream import LoadedSplit, SplitReader
 from ddjax.mkdt.student import (StudentRows, data_identity, load_representations, representations_dir,
                                 student_model)
 from ddjax.models import build_model
@@ -127,7 +127,7 @@ class EvalInputs:
         self.extra = parse_extra_synsets(self.ev.extra_synsets)
         self.rows = list(self.ev.rows) + list(self.extra)
         self._train = None
-        self._downstream: dict[str, tuple] = {}
+        self._downstream: dict[str, Downstream] = {}
 
     def train_rows(self) -> StudentRows:
         """The normalised train split's rows, each with the teacher's representation (the KD
