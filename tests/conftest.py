@@ -1,10 +1,10 @@
-"""Shared fixtures: the real CIFAR-10 archive (prepared once per session) and tiny synthetic
-image-folder archives written on the fly.
+"""Shared fixtures: the real CIFAR-10 archive (prepared once per session, its tests on one worker)
+and tiny synthetic image-folder archives written on the fly.
 
 Compiled programs are shared by the whole session, subprocesses included: JAX's persistent
 compilation cache in a fresh temporary folder (many tests compile the same stage programs again,
 e.g. a resumed stage, and this halves the suite's time on 2 cores). Set
-JAX_COMPILATION_CACHE_DIR to use your own. The suite compiles far more than it runs, so XLA's CPU
+JAX_COMPILATION_CACHE_DIR to use your own; the workers of ``-n`` inherit the controller's. The suite compiles far more than it runs, so XLA's CPU
 backend compiles at optimisation level 0 (about 30% less time; the tests' comparisons are
 unchanged), unless XLA_FLAGS already sets a level."""
 
@@ -42,6 +42,16 @@ def _share_compiled_programs() -> None:
 
 
 _share_compiled_programs()
+
+CIFAR10_FIXTURES = {"cifar10_archive", "cifar10_data_dir"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """The suite runs in 2 worker processes (pytest-xdist, ``-n 2 --dist loadgroup`` in
+    setup.cfg): the tests on the real CIFAR-10 data go to one of them, which prepares it once."""
+    for item in items:
+        if CIFAR10_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("cifar10"))
 
 
 @pytest.fixture(scope="session")

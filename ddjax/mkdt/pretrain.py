@@ -1,6 +1,6 @@
 """MKDT's evaluation encoders: pre-train fresh networks on a set, then read their frozen features.
 
-Every seed pre-trains its own encoder (all seeds in one vmapped program, ``make_student_epoch``)
+Every seed pre-trains its own encoder (all seeds in one vmapped program, ``student_epochs``)
 by MSE to the set's targets, or with its experts' objective for sets without targets (MTT-SSL).
 Seed ``s`` draws its initialisation, data order and views from ``fold_in(key(s), purpose)``, so
 the rows of a results table differ only in their data. Features are the raw flattened trunk
@@ -59,7 +59,7 @@ def pretrain(model, params, state, data: tuple[np.ndarray, np.ndarray] | Student
     """Train every seed's encoder ``epochs`` epochs on ``data``, ``(images, targets)`` in memory
     or rows read step by step (``data.stream``: :func:`ddjax.mkdt.epochs.student_epochs`); returns the
     parameters, model states and each seed's last-epoch mean loss ``[S]``. ``objective`` is a
-    ``(loss_fn, augment)`` pair for ``make_student_epoch`` (MTT-SSL sets: Barlow Twins on two views,
+    ``(loss_fn, augment)`` pair for ``student_epochs`` (MTT-SSL sets: Barlow Twins on two views,
     drawn from ``aug_keys [S]``); None is MKDT's MSE without augmentation. The arrays of
     ``params`` and ``state`` are donated to the training program: do not read them afterwards.
     With ``checkpoints``, training continues from their latest epoch and saves after an epoch
