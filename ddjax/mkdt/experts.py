@@ -175,14 +175,26 @@ def make_student_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     return jax.jit(epoch, donate_argnums=(0, 1, 2))
 
 
-def make_student_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                      augment: Augment | None = None):
-    """Build ``step(params_E, state_E, opt_E, images_EB, targets_EB, aug_keys_E, t)
-    -> (params_E, state_E, opt_E, loss_E)``: step ``t`` of :func:`make_student_epoch`'s epoch
-    with each network's minibatch given (``data.stream``: read on the host), the same update."""
+def make_student_steps(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                       augment: Augment | None = None):
+    """Build ``steps(params_E, state_E, opt_E, images_EKB, targets_EKB, aug_keys_E, t0)
+    -> (params_E, state_E, opt_E, loss_sum_E)``: steps ``t0 .. t0 + K - 1`` of
+    :func:`make_student_epoch`'s epoch (the same updates, scanned) with each network's ``K``
+    minibatches of ``B`` given (``data.stream``: read on the host). ``loss_sum_E`` is the sum
+    of each step's mean loss times ``B``."""
     step_E = _student_step(loss_fn, optimizer, augment)
 
-    def step(params_E, state_E, opt_E, images_EB, targets_EB, aug_keys_E, t):
-        return step_E(params_E, state_E, opt_E, images_EB, targets_EB, _step_keys(aug_keys_E, t))
+    def steps(params_E, state_E, opt_E, images_EKB, targets_EKB, aug_keys_E, t0):
+        count, batch = images_EKB.shape[1:3]
 
-    return jax.jit(step, donate_argnums=(0, 1, 2))
+        def body(carry, inputs):
+            t, images_EB, targets_EB = inputs
+            *carry, loss = step_E(*carry, images_EB, targets_EB, _step_keys(aug_keys_E, t))
+            return tuple(carry), loss
+
+        (params_E, state_E, opt_E), losses_KE = jax.lax.scan(
+            body, (params_E, state_E, opt_E),
+            (t0 + jnp.arange(count), jnp.swapaxes(images_EKB, 0, 1), jnp.swapaxes(targets_EKB, 0, 1)))
+        return params_E, state_E, opt_E, losses_KE.sum(axis=0) * batch
+
+    return jax.jit(steps, donate_argnums=(0, 1, 2))
