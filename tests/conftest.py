@@ -4,9 +4,9 @@ and tiny synthetic image-folder archives written on the fly.
 Compiled programs are shared by the whole session, subprocesses included: JAX's persistent
 compilation cache in a fresh temporary folder (many tests compile the same stage programs again,
 e.g. a resumed stage, and this halves the suite's time on 2 cores). Set
-JAX_COMPILATION_CACHE_DIR to use your own; the workers of ``-n`` inherit the controller's. The suite compiles far more than it runs, so XLA's CPU
-backend compiles at optimisation level 0 (about 30% less time; the tests' comparisons are
-unchanged), unless XLA_FLAGS already sets a level."""
+JAX_COMPILATION_CACHE_DIR to use your own; the workers of ``-n`` inherit the controller's. The suite
+compiles far more than it runs, so XLA's CPU backend compiles at optimisation level 0 (about 30%
+less time; the tests' comparisons are unchanged), unless XLA_FLAGS already sets a level."""
 
 from __future__ import annotations
 

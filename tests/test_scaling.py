@@ -195,8 +195,8 @@ def test_experts_on_2_processes_streamed_equal_1_device(toy_pipeline, tmp_path):
     code, _, err = toy.cli(["experts"], one, experts)
     assert code == 0, err
     config = str(REPO / "experiments" / "smoke.py")
-    run_layout(stage_args(["experts"], eight, [*toy.overrides, *experts, "data.stream=True"], config),
-               devices=4, processes=2)
+    run_layout(stage_args(["experts"], eight, [*toy.overrides, *experts, "data.stream=True"],
+                          config), devices=4, processes=2)
     a, b = (TrajectoryStore.open(TRAJECTORIES.locate(w)) for w in (one, eight))
     assert a.complete_experts() == b.complete_experts() == list(range(8))
     for e in range(8):

@@ -34,6 +34,12 @@ def random_subset(n: int, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)).astype(np.int64)
 
 
+def test_rows(n: int, subset: int) -> np.ndarray:
+    """The rows of a test split of ``n`` that probes are scored on (``test_subset``): all of them
+    when ``subset`` is 0 or at least ``n``, else a fixed :func:`random_subset` of ``subset``."""
+    return random_subset(n, subset, seed=0) if 0 < subset < n else np.arange(n, dtype=np.int64)
+
+
 def class_balanced_subset(
     labels: Sequence[int] | np.ndarray, per_class: int, seed: int
 ) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 from ddjax.artifacts.image_set import BASELINE_SET, LGM_SET, read_image_set, write_image_set
 from ddjax.artifacts.results import LGM_ALIGNMENT, LGM_RESULT, read_result, write_result
 from ddjax.data.pipeline import dataset_spec, open_rows
-from ddjax.data.subsets import random_subset
+from ddjax.data.subsets import random_subset, test_rows
 from ddjax.errors import DdjaxError
 from ddjax.lgm import tables as lgm_tables
 from ddjax.lgm.alignment import mutual_knn_alignment
@@ -61,12 +61,9 @@ class EvalInputs:
     def __init__(self, stage: Stage):
         self.stage, self.ev = stage, stage.config.lgm_eval
         self.spec = dataset_spec(stage.config.data)
-        self.train, self.test = open_rows(stage.config.data, "train"), open_rows(stage.config.data, "test")
+        self.train, self.test = (open_rows(stage.config.data, split) for split in ("train", "test"))
         self.train_labels = self.train.read_labels(np.arange(len(self.train)))
-        self.test_rows = np.arange(len(self.test))
-        if self.ev.test_subset:
-            count = min(self.ev.test_subset, len(self.test))
-            self.test_rows = random_subset(len(self.test), count, seed=0)
+        self.test_rows = test_rows(len(self.test), self.ev.test_subset)
         self.test_labels = self.test.read_labels(self.test_rows)
         self.specs = dict(backbone_entries(stage.config.lgm.backbones, stage.workdir))
         self.distill_tags = list(self.specs)

@@ -48,6 +48,11 @@ def student_epochs(loss_fn: LossFn, optimizer: optax.GradientTransformation, bat
     return epoch
 
 
+def num_rows(data: tuple[np.ndarray, np.ndarray] | StudentRows) -> int:
+    """How many examples :func:`student_epochs`' ``data`` holds."""
+    return len(data if isinstance(data, StudentRows) else data[0])
+
+
 def _step_indices(perm_EN: np.ndarray, batch_size: int, per_program: int):
     """Each program's rows, ``[E, K, B]``: the full minibatches ``per_program`` steps at a time,
     then the last partial minibatch alone."""

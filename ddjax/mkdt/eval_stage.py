@@ -30,15 +30,16 @@ from ddjax.data.pipeline import dataset_spec, open_rows
 from ddjax.data.registry import DatasetSpec
 from ddjax.data.sources import local_unavailable_reason
 from ddjax.data.stream import LoadedSplit, SplitReader
-from ddjax.data.subsets import label_fraction_indices, random_subset
+from ddjax.data.subsets import label_fraction_indices, test_rows
 from ddjax.data.transforms import normalize
 from ddjax.errors import DdjaxError
 from ddjax.mkdt import objectives
 from ddjax.mkdt import tables as mkdt_tables
 from ddjax.mkdt.lbfgs_probe import fit_probes, on_probe_step, probe_accuracy
+from ddjax.mkdt.epochs import num_rows
 from ddjax.mkdt.pretrain import features, init_encoders, pretrain, seed_keys
-from ddjax.mkdt.student import (StudentRows, data_identity, load_representations, representations_dir,
-                                student_model)
+from ddjax.mkdt.student import (StudentRows, data_identity, load_representations,
+                                representations_dir, student_model)
 from ddjax.models import build_model
 from ddjax.models.registry import REPRESENTATION_DIM
 from ddjax.smoke import scale_note
@@ -99,7 +100,7 @@ class PretrainSet:
 
     @property
     def num_images(self) -> int:
-        return len(self.data if isinstance(self.data, StudentRows) else self.data[0])
+        return num_rows(self.data)
 
     @property
     def num_outputs(self) -> int:
@@ -175,9 +176,11 @@ class EvalInputs:
         SYNSET.check(meta, {"dataset": data_identity(cfg)["dataset"]}, directory)
         images = np.asarray(arrays["images"])
         if objective.targets == "none":
-            return PretrainSet((images, np.zeros((len(images), 0), np.float32)), float(arrays["lr"]),
-                               str(directory), objective, meta["ssl"], meta["num_outputs"])
-        return PretrainSet((images, np.asarray(arrays["targets"])), float(arrays["lr"]), str(directory))
+            return PretrainSet((images, np.zeros((len(images), 0), np.float32)),
+                               float(arrays["lr"]), str(directory), objective, meta["ssl"],
+                               meta["num_outputs"])
+        return PretrainSet((images, np.asarray(arrays["targets"])), float(arrays["lr"]),
+                           str(directory))
 
     def downstream(self, name: str) -> Downstream:
         """A downstream set's splits (loaded whole, or read from the source with
@@ -188,10 +191,8 @@ class EvalInputs:
                                                  "data_dir": data.data_dir, "train_subset": 0,
                                                  "stream": data.get("stream", False)})
             train, test = open_rows(section, "train"), open_rows(section, "test")
-            test_rows = np.arange(len(test))
-            if self.ev.test_subset and self.ev.test_subset < len(test):
-                test_rows = random_subset(len(test), self.ev.test_subset, seed=0)
-            self._downstream[name] = Downstream(train, test, test_rows, test.read_labels(test_rows),
+            probed = test_rows(len(test), self.ev.test_subset)
+            self._downstream[name] = Downstream(train, test, probed, test.read_labels(probed),
                                                 dataset_spec(section))
         return self._downstream[name]
 

@@ -194,7 +194,8 @@ def make_student_steps(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
         (params_E, state_E, opt_E), losses_KE = jax.lax.scan(
             body, (params_E, state_E, opt_E),
-            (t0 + jnp.arange(count), jnp.swapaxes(images_EKB, 0, 1), jnp.swapaxes(targets_EKB, 0, 1)))
+            (t0 + jnp.arange(count), jnp.swapaxes(images_EKB, 0, 1),
+             jnp.swapaxes(targets_EKB, 0, 1)))
         return params_E, state_E, opt_E, losses_KE.sum(axis=0) * batch
 
     return jax.jit(steps, donate_argnums=(0, 1, 2))

@@ -51,8 +51,8 @@ def run(stage: Stage) -> dict:
     rows = student_rows(cfg, stage.workdir, fit_missing_zca=True)
     spec, zca, num_examples, image_size = rows.spec, rows.zca, len(rows), rows.image_size
     targets, num_outputs = objective.expert_targets(
-        num_examples, rows.labels, lambda: load_representations(cfg, stage.workdir, spec, num_examples),
-        exp)
+        num_examples, rows.labels,
+        lambda: load_representations(cfg, stage.workdir, spec, num_examples), exp)
     model = student_model(cfg, num_outputs, image_size)
     if has_batch_stats(model, image_size):
         raise DdjaxError(f"model {cfg.model.name!r} has BatchNorm; experts need a model without running "

@@ -85,7 +85,8 @@ class Objective:
         return self.inner_fn(apply_fn, ssl), self.augment(section, ssl)
 
     def expert_targets(self, num_examples: int, labels: Callable[[], np.ndarray],
-                       representations: Callable[[], np.ndarray], experts) -> tuple[np.ndarray, int]:
+                       representations: Callable[[], np.ndarray],
+                       experts) -> tuple[np.ndarray, int]:
         """What the experts regress and their output size. Objectives without targets get a
         zero-width ``[N, 0]`` placeholder (the epoch function's signature) and
         ``experts.ssl_output_dim`` outputs; ``labels`` and ``representations`` are called only

@@ -25,7 +25,7 @@ import numpy as np
 from ddjax import mesh
 from ddjax.checkpoint import RunCheckpointer
 from ddjax.data.stream import LoadedSplit, SplitReader
-from ddjax.mkdt.epochs import student_epochs
+from ddjax.mkdt.epochs import num_rows, student_epochs
 from ddjax.mkdt.experts import epoch_permutations, mse_loss_fn, torch_sgd
 from ddjax.mkdt.student import StudentRows
 from ddjax.models.batched import map_batches
@@ -57,15 +57,15 @@ def pretrain(model, params, state, data: tuple[np.ndarray, np.ndarray] | Student
              checkpoints: RunCheckpointer | None = None,
              checkpoint_seconds: float = 60.0) -> tuple[dict, dict, np.ndarray]:
     """Train every seed's encoder ``epochs`` epochs on ``data``, ``(images, targets)`` in memory
-    or rows read step by step (``data.stream``: :func:`ddjax.mkdt.epochs.student_epochs`); returns the
-    parameters, model states and each seed's last-epoch mean loss ``[S]``. ``objective`` is a
-    ``(loss_fn, augment)`` pair for ``student_epochs`` (MTT-SSL sets: Barlow Twins on two views,
-    drawn from ``aug_keys [S]``); None is MKDT's MSE without augmentation. The arrays of
-    ``params`` and ``state`` are donated to the training program: do not read them afterwards.
-    With ``checkpoints``, training continues from their latest epoch and saves after an epoch
-    when ``checkpoint_seconds`` have passed since the last save (process 0's clock decides)."""
+    or rows read step by step (``data.stream``: :func:`ddjax.mkdt.epochs.student_epochs`);
+    returns the parameters, model states and each seed's last-epoch mean loss ``[S]``.
+    ``objective`` is a ``(loss_fn, augment)`` pair for ``student_epochs`` (MTT-SSL sets: Barlow
+    Twins on two views, drawn from ``aug_keys [S]``); None is MKDT's MSE without augmentation. The
+    arrays of ``params`` and ``state`` are donated to the training program: do not read them
+    afterwards. With ``checkpoints``, training continues from their latest epoch and saves after an
+    epoch when ``checkpoint_seconds`` have passed since the last save (process 0's clock decides)."""
     optimizer = torch_sgd(lr, momentum, weight_decay)
-    n = len(data if isinstance(data, StudentRows) else data[0])
+    n = num_rows(data)
     loss_fn, augment = objective or (mse_loss_fn(model.apply), None)
     epoch_fn = student_epochs(loss_fn, optimizer, min(batch_size, n), augment, data)
     params, state, order_keys = mesh.shard((params, state, order_keys))
@@ -114,11 +114,13 @@ def _feature_fn(model, train: bool) -> Callable:
 
 
 def features(model, params, state, reader: LoadedSplit | SplitReader, indices: np.ndarray,
-             prepare: Prepare, *, batch_size: int, train_mode: bool = False) -> tuple[np.ndarray, dict]:
+             prepare: Prepare, *, batch_size: int,
+             train_mode: bool = False) -> tuple[np.ndarray, dict]:
     """Features ``[S, n, D]`` of rows ``indices[s]`` of ``reader`` (a split loaded whole, or read
     from the source with ``data.stream``) under seed ``s``'s encoder (``indices`` is ``[S, n]``,
-    or ``[n]`` for every seed); ``prepare`` turns stored images into network inputs. Eval mode pads the last batch (one compiled shape); ``train_mode`` (BatchNorm
-    networks) runs exact consecutive batches and returns the updated states."""
+    or ``[n]`` for every seed); ``prepare`` turns stored images into network inputs. Eval mode
+    pads the last batch (one compiled shape); ``train_mode`` (BatchNorm networks) runs exact
+    consecutive batches and returns the updated states."""
     seeds = jax.tree.leaves(params)[0].shape[0]
     indices = np.broadcast_to(np.asarray(indices), (seeds, np.shape(indices)[-1]))
     train = train_mode and bool(state)

@@ -13,8 +13,8 @@ from ddjax.artifacts.synset import find_synset, read_synset
 from ddjax.artifacts.trajectories import TRAJECTORIES, TrajectoryStore
 
 STREAM = "data.stream=True"
-EVAL = ["mkdt_eval.downstream=('toy',)", "mkdt_eval.label_fractions=(0.5,)", "mkdt_eval.seeds=(0, 1)",
-        "mkdt_eval.epochs=2", "mkdt_eval.batch_size=8", "mkdt_eval.probe_steps=3",
+EVAL = ["mkdt_eval.downstream=('toy',)", "mkdt_eval.label_fractions=(0.5,)",
+        "mkdt_eval.seeds=(0, 1)", "mkdt_eval.epochs=2", "mkdt_eval.batch_size=8", "mkdt_eval.probe_steps=3",
         "mkdt_eval.feature_batch=8", "mkdt_eval.rows=('high_loss', 'full', 'mkdt')"]
 STAGES = (["experts"], ["select", "high-loss"], ["select", "random"], ["distill", "mkdt"],
           ["eval", "mkdt"])

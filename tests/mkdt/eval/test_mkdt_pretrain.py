@@ -104,7 +104,8 @@ def test_eval_features_are_each_seeds_own_forward_pass(model, data):
     images, _ = data
     params, state = init_encoders(model, seed_keys([0, 1], 0), HW)
     idx = np.stack([np.arange(13), np.arange(13)[::-1] + 5])  # 13 rows: a padded last batch
-    got, _ = features(model, params, state, in_memory(images), idx, lambda x: x * 2.0, batch_size=BATCH)
+    got, _ = features(model, params, state, in_memory(images), idx, lambda x: x * 2.0,
+                      batch_size=BATCH)
     for s in range(2):
         variables = {"params": jax.tree.map(lambda x: x[s], params),
                      **jax.tree.map(lambda x: x[s], state)}
@@ -118,8 +119,8 @@ def test_train_mode_features_run_consecutive_batches_and_update_running_stats(da
     images, _ = data
     params, state = init_encoders(model, seed_keys([2], 0), HW)
     idx = np.arange(N)[None]
-    got, new_state = features(model, params, state, in_memory(images), idx, lambda x: x, batch_size=BATCH,
-                              train_mode=True)
+    got, new_state = features(model, params, state, in_memory(images), idx, lambda x: x,
+                              batch_size=BATCH, train_mode=True)
     p, s = jax.tree.map(lambda x: x[0], (params, state))
     forward = jax.jit(lambda p, s, x: model.apply({"params": p, **s}, x, train=True,
                                                   mutable=list(s), method="features"))
